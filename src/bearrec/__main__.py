@@ -1,0 +1,3 @@
+from bearrec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""`bearrec <command>`: the command-line interface.
+
+Errors in user input (data, config) print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from bearrec.errors import BearrecError
+
+
+def _data_config(args):
+    from bearrec.config import load_config
+
+    overrides = list(getattr(args, "overrides", None) or [])
+    for flag, key in (("data_dir", "data_dir"), ("train_file", "train_file"),
+                      ("on_empty_title", "on_empty_title"), ("valid_fraction", "valid_fraction")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"data.{key}={value}")
+    if getattr(args, "name", None) is not None:
+        overrides.append(f"data.name={args.name}")
+    return load_config(args.config, overrides)
+
+
+def _print_statistics(stats: dict) -> None:
+    hist = stats["history_length"]
+    rows = [("dataset", stats["name"]), ("items", stats["num_items"]), ("users", stats["num_users"]),
+            ("train rows", stats["num_train"]), ("valid rows", stats["num_valid"]), ("test rows", stats["num_test"]),
+            ("history length", f"min {hist['min']}, mean {hist['mean']:.2f}, max {hist['max']}"),
+            ("duplicate titles", stats["num_duplicate_titles"]),
+            ("test targets seen in train", f"{stats['test_targets_seen_in_train']:.1%}")]
+    for key in ("path", "train_file", "valid_source", "dropped_empty_title_items", "dropped_rows"):
+        if key in stats:
+            rows.append((key.replace("_", " "), stats[key]))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for title, ids in stats["duplicate_titles"].items():
+        print(f"  duplicate title (items {', '.join(map(str, ids))}): {title}")
+
+
+def cmd_data_inspect(args) -> int:
+    from bearrec.data import load_dataset
+
+    cfg = _data_config(args)
+    stats = load_dataset(cfg.data).statistics()
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+    else:
+        _print_statistics(stats)
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from bearrec.data.prepare import prepare_to_dir
+    from bearrec.data.raw import read_raw
+
+    cfg = _data_config(args)
+    stats = prepare_to_dir(read_raw(args.source), cfg.data.prepare, args.out)
+    print(json.dumps(stats, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from bearrec.data.registry import download
+
+    dest = download(args.name, args.data_dir)
+    print(f"downloaded and verified {args.name} into {dest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bearrec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect, prepare and download datasets").add_subparsers(
+        dest="data_command", required=True)
+
+    def data_flags(p, positional: str | None):
+        if positional:
+            p.add_argument(positional, help="office, book, toy, clothing, movielens-1m, movielens-100k, or a folder")
+        p.add_argument("--config", help="a YAML config; its data: section is used")
+        p.add_argument("--data-dir", help="folder holding named Amazon datasets (else $BEARREC_DATA_DIR)")
+        p.add_argument("--train-file", help="train CSV to use (default: train_10000.csv when present)")
+        p.add_argument("--valid-fraction", type=float, help="share of train carved as validation (default 1/9)")
+        p.add_argument("--on-empty-title", choices=["error", "drop"], help="items with empty titles")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.prepare.k_core=10")
+
+    p = data.add_parser("inspect", help="statistics of a dataset")
+    data_flags(p, "name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_data_inspect)
+
+    p = data.add_parser("prepare", help="raw interactions -> the authors' format with the paper's protocol")
+    p.add_argument("source", help="movielens-1m, movielens-100k, or a folder of raw Amazon / generic files")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    data_flags(p, None)
+    p.set_defaults(func=cmd_data_prepare, name=None)
+
+    p = data.add_parser("download", help="fetch the authors' released files and verify their checksums")
+    p.add_argument("name", choices=["office", "book", "toy", "clothing"])
+    p.add_argument("--data-dir", help="destination root (else $BEARREC_DATA_DIR, else the user cache)")
+    p.set_defaults(func=cmd_data_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BearrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        if os.environ.get("BEARREC_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""Typed configuration: YAML files into dataclasses, `a.b=c` overrides, unknown keys rejected.
+
+Every setting that changes a result lives here, so a run directory's `config.yaml` (written by
+`save_config`) is enough to reproduce it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from bearrec.errors import ConfigError
+
+
+@dataclass
+class PrepareConfig:
+    """The paper's protocol for raw interaction sources (MovieLens, Amazon dumps, generic CSV)."""
+
+    k_core: int = 5  # iterative: every user and item keeps at least k interactions
+    max_history: int = 10  # sliding window of max_history + 1 (history + target)
+    min_history: int = 4  # the authors' released files start windows at 4 history items
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # chronological, by target time
+
+
+@dataclass
+class DataConfig:
+    name: str = "movielens-1m"  # office|book|toy|clothing|movielens-1m|movielens-100k or a folder
+    data_dir: Optional[str] = None  # where named Amazon datasets live (else $BEARREC_DATA_DIR, cache)
+    train_file: str = "auto"  # auto: train_10000.csv when present (the paper's sample), else train.csv
+    valid_fraction: float = 1 / 9  # carved chronologically from train when no valid.csv exists
+    on_empty_title: Literal["error", "drop"] = "error"
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+
+@dataclass
+class PromptConfig:
+    template: Literal["alpaca", "compact"] = "alpaca"
+    domain: Optional[str] = None  # phrase preset (office, book, movie, ...); None: from the dataset name
+    instruction: Optional[str] = None  # overrides the preset's instruction
+    history_prefix: Optional[str] = None  # overrides the preset's history phrase
+    max_history_items: Optional[int] = None  # keep only the latest N history titles
+    max_title_words: Optional[int] = None  # cut history titles (compact prompts for small models)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TinyModelConfig:
+    """A from-scratch model with a BPE tokenizer trained on the dataset's own text."""
+
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    vocab_size: int = 4000
+    hidden_size: int = 192
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m"  # hub id, local folder, "smollm2-135m" (packaged) or "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - a bug in this module
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key '{key}'; valid keys here: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = Config, *, source: str = "config") -> Any:
+    try:
+        return _build(cls, data or {}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse_override_value(raw: str, hint: Any) -> Any:
+    """Strings stay verbatim (`data.name=01` is the string '01'); everything else is YAML."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else ()
+    if hint is str or str in args:
+        if type(None) in args and raw.strip() in ("null", "~"):
+            return None
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # left to the type check, which names the key
+
+
+def apply_override(data: dict, override: str, cls: type = Config) -> None:
+    """Apply one `a.b=c` override to a raw config dict, checking the key path against `cls`."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. data.name=office")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node, tp = data, cls
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(tp)}
+        if part not in names:
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"override {override!r}: unknown key '{where}'; valid keys here: {', '.join(names)}")
+        hint = typing.get_type_hints(tp)[part]
+        if i == len(parts) - 1:
+            value = _parse_override_value(raw, hint)
+            _coerce(value, hint, key)  # type check now, with the override in the message
+            node[part] = value
+        else:
+            if not dataclasses.is_dataclass(hint):
+                raise ConfigError(f"override {override!r}: '{'.'.join(parts[:i + 1])}' is not a section")
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: '{'.'.join(parts[:i + 1])}' is not a mapping")
+            tp = hint
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = Config) -> Any:
+    data: dict = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    for override in overrides:
+        apply_override(data, override, cls)
+    return from_dict(data, cls, source=source)
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that a killed process never leaves a half-written file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(config: Any, run_dir: str | Path) -> Path:
+    """Write the resolved config into a run directory as `config.yaml`."""
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path

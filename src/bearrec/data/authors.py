@@ -1,0 +1,236 @@
+"""The authors' released format (BEAR / MSL repositories), read and written.
+
+A folder holds `id2name4Rec.json` (item id -> title), `train.csv` (and the paper's 10,000-row
+sample `train_10000.csv`), optionally `valid.csv`, and `test.csv`. CSV columns are
+`user_id,item_ids,timestamp`; `item_ids` is a list literal whose last element is the target.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bearrec.data.catalogue import Catalogue, Dataset, Example
+from bearrec.errors import DataError
+
+TITLES_FILE = "id2name4Rec.json"
+COLUMNS = ("user_id", "item_ids", "timestamp")
+
+
+def read_text(path: Path) -> str:
+    """Read a UTF-8 file; undecodable bytes are an error naming the row."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row = raw[: exc.start].count(b"\n") + 1
+        raise DataError(path, f"not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})", row=row) from None
+
+
+def read_titles(path: Path) -> dict[int, str]:
+    """`id2name4Rec.json`: a JSON object of item id -> title. Duplicate ids are an error."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(path, "empty file")
+
+    def no_duplicates(pairs):
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                row = _line_of_key(text, key, occurrence=2)
+                raise DataError(path, f"duplicate item id {key!r}", row=row, field="item_id")
+            seen[key] = value
+        return seen
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"invalid JSON: {exc.msg}", row=exc.lineno) from None
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object mapping item id to title")
+    titles: dict[int, str] = {}
+    for key, title in data.items():
+        row = _line_of_key(text, key)
+        try:
+            item_id = int(key)
+        except ValueError:
+            raise DataError(path, f"item id {key!r} is not an integer", row=row, field="item_id") from None
+        if item_id in titles:
+            raise DataError(path, f"duplicate item id {key!r} (same as {item_id})", row=row, field="item_id")
+        if not isinstance(title, str):
+            raise DataError(path, f"title of item {key} is {type(title).__name__}, not a string", row=row, field="title")
+        titles[item_id] = title
+    return titles
+
+
+def _line_of_key(text: str, key: str, occurrence: int = 1) -> int | None:
+    needle, start = json.dumps(key) + ":", 0
+    for _ in range(occurrence):
+        pos = text.find(needle, start)
+        if pos < 0:
+            needle = json.dumps(key)
+            pos = text.find(needle, start)
+            if pos < 0:
+                return None
+        start = pos + 1
+    return text.count("\n", 0, start - 1) + 1
+
+
+def _parse_ids(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return ast.literal_eval(text)
+
+
+def read_examples(path: Path, known_items: set[int] | dict) -> list[Example]:
+    """Read one split CSV. Every malformed row is an error naming the file, row and field."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(path, "empty file (expected a header user_id,item_ids,timestamp)")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader)]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {','.join(header)}", row=1)
+    col = {c: header.index(c) for c in COLUMNS}
+    examples = []
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise DataError(path, f"expected {len(header)} fields, got {len(row)} (truncated row?)", row=line)
+        user_id = row[col["user_id"]].strip()
+        if not user_id:
+            raise DataError(path, "empty user id", row=line, field="user_id")
+        try:
+            ids = _parse_ids(row[col["item_ids"]])
+        except (ValueError, SyntaxError):
+            raise DataError(path, f"cannot parse {row[col['item_ids']]!r} as a list of item ids", row=line, field="item_ids") from None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise DataError(path, f"expected a list of integer item ids, got {row[col['item_ids']]!r}", row=line, field="item_ids")
+        if len(ids) < 2:
+            raise DataError(path, f"needs at least one history item and a target, got {ids}", row=line, field="item_ids")
+        unknown = [i for i in ids if i not in known_items]
+        if unknown:
+            raise DataError(path, f"unknown item id {unknown[0]} (not in {TITLES_FILE})", row=line, field="item_ids")
+        try:
+            ts = float(row[col["timestamp"]])
+            if not math.isfinite(ts):
+                raise ValueError
+        except ValueError:
+            raise DataError(path, f"timestamp {row[col['timestamp']]!r} is not a number", row=line, field="timestamp") from None
+        examples.append(Example(user_id, tuple(ids[:-1]), ids[-1], int(ts)))
+    if not examples:
+        raise DataError(path, "no rows after the header")
+    return examples
+
+
+def carve_validation(train: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """Split off the chronologically latest `fraction` of rows (ties keep file order)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
+    order = sorted(range(len(train)), key=lambda i: train[i].timestamp)
+    n_valid = round(len(train) * fraction)
+    keep = sorted(order[: len(order) - n_valid])
+    held = sorted(order[len(order) - n_valid:])
+    return [train[i] for i in keep], [train[i] for i in held]
+
+
+def _drop_empty_titles(titles: dict[int, str], splits: dict[str, list[Example]], path: Path, policy: str):
+    empty = sorted(i for i, t in titles.items() if not t.strip())
+    if not empty:
+        return {}
+    uses = sum(e.target in empty or any(h in empty for h in e.history) for rows in splits.values() for e in rows)
+    if policy == "error":
+        raise DataError(
+            path, f"item {empty[0]} has an empty title ({len(empty)} such item(s), used by {uses} row(s)); "
+            "set data.on_empty_title=drop (CLI: --on-empty-title drop) to drop them", field="title")
+    gone = set(empty)
+    dropped_rows = dropped_mentions = 0
+    for name, rows in splits.items():
+        kept = []
+        for e in rows:
+            history = tuple(h for h in e.history if h not in gone)
+            dropped_mentions += len(e.history) - len(history)
+            if e.target in gone or not history:
+                dropped_rows += 1
+                continue
+            kept.append(Example(e.user_id, history, e.target, e.timestamp))
+        splits[name] = kept
+    for i in empty:
+        del titles[i]
+    return {"dropped_empty_title_items": empty, "dropped_rows": dropped_rows,
+            "dropped_history_mentions": dropped_mentions}
+
+
+def load_authors_dir(folder: str | Path, *, name: str | None = None, train_file: str = "auto",
+                     valid_fraction: float = 1 / 9, on_empty_title: str = "error") -> Dataset:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "dataset folder not found")
+    titles_path = folder / TITLES_FILE
+    titles = read_titles(titles_path)
+    if train_file == "auto":
+        train_file = "train_10000.csv" if (folder / "train_10000.csv").exists() else "train.csv"
+    splits = {"train": read_examples(folder / train_file, titles)}
+    has_valid = (folder / "valid.csv").exists()
+    if has_valid:
+        splits["valid"] = read_examples(folder / "valid.csv", titles)
+    splits["test"] = read_examples(folder / "test.csv", titles)
+    info: dict = {"path": str(folder), "train_file": train_file}
+    info.update(_drop_empty_titles(titles, splits, titles_path, on_empty_title))
+    if has_valid:
+        info["valid_source"] = "valid.csv"
+    else:
+        splits["train"], splits["valid"] = carve_validation(splits["train"], valid_fraction)
+        info["valid_source"] = (f"carved: the chronologically latest {valid_fraction:.4g} of {train_file} "
+                                "(no valid.csv in the folder)")
+    return Dataset(name or folder.name, Catalogue(titles), splits["train"], splits["valid"], splits["test"], info)
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for e in examples:
+            writer.writerow([e.user_id, json.dumps([*e.history, e.target]), e.timestamp])
+
+
+def write_authors_dir(out_dir: str | Path, catalogue: Catalogue, splits: dict[str, list[Example]],
+                      extra_files: dict[str, str] = {}) -> Path:
+    """Write a dataset folder atomically: everything goes to a temporary sibling, then one rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        (tmp / TITLES_FILE).write_text(
+            json.dumps({str(k): v for k, v in sorted(catalogue.titles.items())}, ensure_ascii=False, indent=1),
+            encoding="utf-8")
+        for split, rows in splits.items():
+            write_examples(tmp / f"{split}.csv", rows)
+        for fname, text in extra_files.items():
+            (tmp / fname).write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,92 @@
+import pytest
+import yaml
+
+from bearrec.config import Config, DataConfig, apply_override, load_config, save_config
+from bearrec.errors import ConfigError
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.data.prepare.split == [0.8, 0.1, 0.1]
+
+
+def test_yaml_into_typed_dataclasses(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 7\ndata:\n  name: office\n  valid_fraction: 0\n  prepare: {k_core: 10}\n"
+                    "model:\n  lora: {r: 4, target_modules: [q_proj]}\n")
+    cfg = load_config(path)
+    assert cfg.seed == 7 and cfg.data.name == "office"
+    assert cfg.data.valid_fraction == 0.0 and isinstance(cfg.data.valid_fraction, float)  # int accepted for float
+    assert cfg.data.prepare.k_core == 10 and cfg.data.prepare.max_history == 10
+    assert cfg.model.lora.r == 4 and cfg.model.lora.target_modules == ["q_proj"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("colour: red\n", "unknown key 'colour'; valid keys here: seed, output_dir, data, prompt, model"),
+    ("data:\n  nmae: office\n", "unknown key 'data.nmae'; valid keys here: name, data_dir"),
+    ("data:\n  prepare: {kcore: 3}\n", "unknown key 'data.prepare.kcore'"),
+    ("seed: '7'\n", "seed: expected int, got '7'"),
+    ("seed: true\n", "seed: expected int, got True"),
+    ("data:\n  on_empty_title: skip\n", "data.on_empty_title: 'skip' is not one of ['error', 'drop']"),
+    ("model:\n  lora: {target_modules: q_proj}\n", "model.lora.target_modules: expected a list"),
+    ("data: office\n", "data: expected a mapping of DataConfig fields"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("data: [\n", "invalid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(path) in str(exc.value) and fragment in str(exc.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(None, ["data.name=01", "data.prepare.k_core=3", "data.valid_fraction=0.2",
+                             "model.lora.target_modules=[q_proj,k_proj]", "prompt.max_history_items=5",
+                             "data.data_dir=null"])
+    assert cfg.data.name == "01"  # strings stay verbatim
+    assert cfg.data.prepare.k_core == 3 and cfg.data.valid_fraction == 0.2
+    assert cfg.model.lora.target_modules == ["q_proj", "k_proj"]
+    assert cfg.prompt.max_history_items == 5 and cfg.data.data_dir is None
+
+
+def test_override_wins_over_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: office, prepare: {k_core: 10}}\n")
+    cfg = load_config(path, ["data.prepare.k_core=2"])
+    assert cfg.data.name == "office" and cfg.data.prepare.k_core == 2
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.prepare.k_core=three", "data.prepare.k_core: expected int, got 'three'"),
+    ("data.nope=1", "unknown key 'data.nope'"),
+    ("seed.x=1", "'seed' is not a section"),
+    ("seed", "expected KEY=VALUE"),
+    ("model.dtype=float64", "'float64' is not one of"),
+])
+def test_bad_overrides(override, fragment):
+    with pytest.raises(ConfigError) as exc:
+        apply_override({}, override)
+    assert fragment in str(exc.value)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["data.name=book", "data.on_empty_title=drop", "model.lora.enabled=false"])
+    path = save_config(cfg, tmp_path / "run")
+    assert path == tmp_path / "run" / "config.yaml"
+    assert yaml.safe_load(path.read_text())["data"]["on_empty_title"] == "drop"
+    assert load_config(path) == cfg
+    assert not list((tmp_path / "run").glob(".*tmp"))  # no temporary file left behind
+
+
+def test_data_config_alone():
+    from bearrec.config import from_dict
+
+    assert from_dict({"name": "office"}, DataConfig).name == "office"
