@@ -46,7 +46,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    out.bearrec_trained = True  # save_pretrained marks its folder so it reloads as this class
+    return out
 
 
 def load_tokenizer(path: str | Path):
@@ -56,7 +58,9 @@ def load_tokenizer(path: str | Path):
 
     marker = Path(path) / "bearrec_tokenizer"
     if marker.exists():
-        return PreTrainedTokenizerFast.from_pretrained(path)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        tokenizer.bearrec_trained = True
+        return tokenizer
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -93,7 +97,7 @@ def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if type(tokenizer).__name__ == "PreTrainedTokenizerFast":
+        if getattr(tokenizer, "bearrec_trained", False):
             (tmp / "bearrec_tokenizer").write_text("load with PreTrainedTokenizerFast\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -90,3 +90,12 @@ def test_data_config_alone():
     from bearrec.config import from_dict
 
     assert from_dict({"name": "office"}, DataConfig).name == "office"
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)

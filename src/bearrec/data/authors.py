@@ -93,7 +93,7 @@ def _parse_ids(text: str):
         return ast.literal_eval(text)
 
 
-def read_examples(path: Path, known_items: set[int] | dict) -> list[Example]:
+def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = False) -> list[Example]:
     """Read one split CSV. Every malformed row is an error naming the file, row and field."""
     text = read_text(path)
     if not text.strip():
@@ -132,7 +132,7 @@ def read_examples(path: Path, known_items: set[int] | dict) -> list[Example]:
         except ValueError:
             raise DataError(path, f"timestamp {row[col['timestamp']]!r} is not a number", row=line, field="timestamp") from None
         examples.append(Example(user_id, tuple(ids[:-1]), ids[-1], int(ts)))
-    if not examples:
+    if not examples and not allow_empty:
         raise DataError(path, "no rows after the header")
     return examples
 
@@ -187,7 +187,7 @@ def load_authors_dir(folder: str | Path, *, name: str | None = None, train_file:
     splits = {"train": read_examples(folder / train_file, titles)}
     has_valid = (folder / "valid.csv").exists()
     if has_valid:
-        splits["valid"] = read_examples(folder / "valid.csv", titles)
+        splits["valid"] = read_examples(folder / "valid.csv", titles, allow_empty=True)
     splits["test"] = read_examples(folder / "test.csv", titles)
     info: dict = {"path": str(folder), "train_file": train_file}
     info.update(_drop_empty_titles(titles, splits, titles_path, on_empty_title))

@@ -79,6 +79,9 @@ def prepare(raw: RawData, settings: PrepareConfig) -> tuple[Catalogue, dict[str,
         seq.sort(key=lambda x: x[1])
         examples.extend(sliding_windows(seq, user, settings.max_history, settings.min_history))
     splits = chronological_split(examples, settings.split)
+    if not splits["train"] or not splits["test"]:
+        raise ValueError(f"prepare: {raw.source} leaves {len(examples)} windows after {settings.k_core}-core, "
+                         "too few for a train and a test split")
     catalogue = Catalogue({item_id[i]: titles[i] for i in raw_items})
     stats = {
         "source": raw.source,
