@@ -1,0 +1,118 @@
+"""Independent references for the decoder: Hugging Face `generate` with a trie
+`prefix_allowed_tokens_fn`, and exhaustive teacher-forced scoring of every title.
+
+Slow on purpose; used by tests and `benchmarks/decode.py` (the baseline there is `hf_beam_search`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bearrec.decoding import Ranked
+from bearrec.trie import TitleTrie
+
+
+class DictTrie:
+    """Nested dicts over the same paths: the structure peers' code uses for prefix_allowed_tokens_fn."""
+
+    def __init__(self, trie: TitleTrie):
+        self.root: dict = {}
+        for path in set(trie.item_paths.values()):
+            node = self.root
+            for tok in path:
+                node = node.setdefault(tok, {})
+
+    def next_tokens(self, prefix) -> list[int]:
+        node = self.root
+        for tok in prefix:
+            node = node.get(tok)
+            if node is None:
+                return []
+        return list(node)
+
+
+@torch.no_grad()
+def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
+                   constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0) -> list[Ranked]:
+    """`generate` one prompt at a time (no padding). Placeholder / off-trie sequences are dropped."""
+    dict_trie = DictTrie(trie)
+    eos = trie.eos_token_id
+    max_new = max(len(p) for p in trie.item_paths.values()) + 1
+    results = []
+    for prompt in prompts:
+        start = len(prompt)
+
+        def allowed(batch_id, input_ids):
+            return dict_trie.next_tokens(input_ids[start:].tolist()) or [eos]
+
+        out = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones((1, start), dtype=torch.long),
+            num_beams=num_beams, num_return_sequences=num_beams, do_sample=False, early_stopping=False,
+            length_penalty=length_penalty, max_new_tokens=max_new, prefix_allowed_tokens_fn=allowed,
+            renormalize_logits=constrained_softmax, output_scores=True, output_logits=True,
+            return_dict_in_generate=True, pad_token_id=pad_token_id, eos_token_id=eos, top_k=None, top_p=None,
+            temperature=None, repetition_penalty=1.0)
+        if num_beams == 1:  # generate() runs greedy search: no sequences_scores, score it here
+            scores = [_greedy_score(out, start, dict_trie, constrained_softmax, length_penalty)]
+        else:
+            scores = out.sequences_scores.tolist()
+        ranked, seen = Ranked(), set()
+        for seq, score in zip(out.sequences.tolist(), scores):
+            gen = seq[start:]
+            if eos not in gen:
+                continue
+            path = tuple(gen[: gen.index(eos) + 1])
+            if not trie.contains(path) or path in seen or score < -1e8:
+                continue
+            seen.add(path)
+            ranked.paths.append(path)
+            ranked.scores.append(score)
+            ranked.nodes.append(trie.node_of(path))
+        results.append(ranked)
+    return results
+
+
+def _greedy_score(out, start: int, dict_trie: DictTrie, constrained: bool, length_penalty: float) -> float:
+    gen = out.sequences[0, start:].tolist()
+    total = 0.0
+    for t, (tok, logits) in enumerate(zip(gen, out.logits)):
+        row = logits[0].float()
+        if constrained:
+            total += float(row[tok] - torch.logsumexp(row[dict_trie.next_tokens(gen[:t])], 0))
+        else:
+            total += float(row.log_softmax(-1)[tok])
+    return total / len(gen) ** length_penalty
+
+
+@torch.no_grad()
+def exhaustive_scores(model, trie: TitleTrie, prompt: list[int], *, constrained_softmax: bool = True,
+                      length_penalty: float = 1.0) -> dict[tuple[int, ...], float]:
+    """Teacher-forced score of every title path: sum of token log-probs / len(path) ** lp."""
+    paths = sorted(set(trie.item_paths.values()))
+    scores = {}
+    for path in paths:
+        ids = torch.tensor([prompt + list(path[:-1])])
+        logits = model(ids).logits[0, len(prompt) - 1:].float()
+        total = 0.0
+        for t, tok in enumerate(path):
+            row = logits[t]
+            if constrained_softmax:
+                allowed = trie.next_tokens(path[:t])
+                lp = row[tok] - torch.logsumexp(row[allowed], 0)
+            else:
+                lp = row.log_softmax(-1)[tok]
+            total += float(lp)
+        scores[path] = total / len(path) ** length_penalty
+    return scores
+
+
+def same_ranking(a: Ranked, b: Ranked, tol: float = 1e-4) -> bool:
+    """Equal ranked paths and scores to `tol`; neighbours may swap only where their scores tie."""
+    if len(a.paths) != len(b.paths) or any(abs(x - y) > tol for x, y in zip(a.scores, b.scores)):
+        return False
+    for i, (pa, pb) in enumerate(zip(a.paths, b.paths)):
+        if pa != pb:
+            tied = {p for p, s in zip(b.paths, b.scores) if abs(s - b.scores[i]) <= tol}
+            if pa not in tied:
+                return False
+    return set(a.paths) == set(b.paths)

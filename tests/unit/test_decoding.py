@@ -1,0 +1,120 @@
+"""The decoder against two independent oracles: Hugging Face generate with a trie
+prefix_allowed_tokens_fn, and exhaustive teacher-forced scoring of every title."""
+
+import random
+
+import pytest
+import torch
+
+from bearrec.config import PromptConfig, TinyModelConfig
+from bearrec.data.catalogue import Catalogue
+from bearrec.data.encode import Encoder
+from bearrec.data.prompts import PromptTemplate
+from bearrec.decoding import Ranked, beam_search
+from bearrec.modeling import build_tiny, build_tiny_model
+from bearrec.oracles import exhaustive_scores, hf_beam_search, same_ranking
+from bearrec.trie import TitleTrie
+
+# duplicates (items 1 and 8) and titles that extend others ("Ink", "Ink Black", "Ink Black XL")
+TITLES = ["Red Pen", "Red Pen Refill", "Blue Pen", "Stapler", "Stapler Pro", "Paper", "Paper Clips", "Red Pen",
+          "Ink", "Ink Black", "Ink Black XL", "Notebook", "Note", "Marker", "Markers", "Tape"]
+TINY = TinyModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    catalogue = Catalogue(dict(enumerate(TITLES, start=1)))
+    model, tok = build_tiny(TINY, TITLES * 3 + ['History: "a", "b"\nNext:\n'], seed=1)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaky distributions: beam search then prunes for real
+    model.eval()
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "x"), catalogue)
+    rng = random.Random(0)
+    prompts = [enc.prompt_ids([rng.randint(1, 16) for _ in range(rng.randint(1, 5))]) for _ in range(100)]
+    return model, tok, enc, prompts
+
+
+def _assert_all_same(ours, ref):
+    assert len(ours) == len(ref)
+    bad = [i for i, (a, b) in enumerate(zip(ours, ref)) if not same_ranking(a, b)]
+    assert not bad, (bad[:3], ours[bad[0]], ref[bad[0]]) if bad else None
+
+
+@pytest.mark.parametrize("num_beams", [1, 2, 5, 10])
+def test_matches_hf_generate_on_100_prompts(setup, num_beams):
+    model, tok, enc, prompts = setup
+    ours = beam_search(model, enc.trie, prompts, num_beams, pad_token_id=tok.pad_token_id)
+    ref = hf_beam_search(model, enc.trie, prompts, num_beams, pad_token_id=tok.pad_token_id)
+    _assert_all_same(ours, ref)
+    assert all(len(r.paths) == num_beams for r in ours)
+
+
+@pytest.mark.parametrize("constrained, length_penalty, num_beams", [
+    (False, 1.0, 5), (False, 0.0, 10), (True, 0.0, 5), (True, 2.0, 2), (False, 1.0, 1)])
+def test_matches_hf_generate_for_other_settings(setup, constrained, length_penalty, num_beams):
+    model, tok, enc, prompts = setup
+    kw = dict(constrained_softmax=constrained, length_penalty=length_penalty, pad_token_id=tok.pad_token_id)
+    _assert_all_same(beam_search(model, enc.trie, prompts[:30], num_beams, **kw),
+                     hf_beam_search(model, enc.trie, prompts[:30], num_beams, **kw))
+
+
+def test_results_are_distinct_catalogue_titles_mapped_to_items(setup):
+    model, tok, enc, prompts = setup
+    for ranked in beam_search(model, enc.trie, prompts[:20], 10, pad_token_id=tok.pad_token_id):
+        assert len(set(ranked.paths)) == len(ranked.paths) == 10
+        assert ranked.scores == sorted(ranked.scores, reverse=True)
+        for path, node in zip(ranked.paths, ranked.nodes):
+            assert enc.trie.contains(path) and enc.trie.node_of(path) == node
+        items = [enc.trie.items_at(n) for n in ranked.nodes]
+        assert all(items) and sum(len(i) for i in items) >= 10
+    red_pen = enc.trie.node_of(enc.target_ids(1))
+    assert enc.trie.items_at(red_pen) == (1, 8)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_wide_beam_equals_exhaustive_scoring(setup, constrained):
+    model, tok, enc, prompts = setup
+    num_titles = len(enc.trie)  # 15 distinct titles
+    for prompt in prompts[:6]:
+        (ranked,) = beam_search(model, enc.trie, [prompt], num_titles + 3, constrained_softmax=constrained,
+                                pad_token_id=tok.pad_token_id)
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained)
+        order = sorted(exact, key=lambda p: -exact[p])
+        assert same_ranking(ranked, Ranked(order, [exact[p] for p in order], []))
+        assert len(ranked.paths) == num_titles  # every title, none twice, no placeholders
+
+
+def test_batching_does_not_change_results(setup):
+    model, tok, enc, prompts = setup
+    together = beam_search(model, enc.trie, prompts[:12], 5, pad_token_id=tok.pad_token_id)
+    alone = [beam_search(model, enc.trie, [p], 5, pad_token_id=tok.pad_token_id)[0] for p in prompts[:12]]
+    assert all(same_ranking(a, b, 1e-5) for a, b in zip(together, alone))
+
+
+def test_token_level_prefix_paths_and_qwen_sized_vocab():
+    """Synthetic trie whose paths are token-prefixes of one another, with a 151,936-token vocabulary."""
+    eos = 0
+    rng = random.Random(1)
+    paths = {(5, 6), (5, 6, 7), (5, 6, 7, 8), (9,), (9, 10), (11, 12, 13)}
+    while len(paths) < 40:
+        paths.add(tuple(rng.randint(1, 151_000) for _ in range(rng.randint(1, 4))))
+    paths = sorted(paths)
+    trie = TitleTrie([[*p, eos] for p in paths], [[i] for i in range(len(paths))], eos)
+    model = build_tiny_model(TINY, vocab_size=151_936, eos_token_id=eos, seed=2).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    prompts = [[rng.randint(1, 151_000) for _ in range(rng.randint(2, 6))] for _ in range(15)]
+    for constrained in (True, False):
+        kw = dict(constrained_softmax=constrained, pad_token_id=1)
+        _assert_all_same(beam_search(model, trie, prompts, 5, **kw), hf_beam_search(model, trie, prompts, 5, **kw))
+    (ranked,) = beam_search(model, trie, prompts[:1], 50, pad_token_id=1)
+    exact = exhaustive_scores(model, trie, prompts[0])
+    assert sorted(ranked.paths) == sorted(exact) and len(ranked.paths) == 40
+
+
+def test_bad_arguments(setup):
+    model, tok, enc, prompts = setup
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        beam_search(model, enc.trie, prompts[:1], 0)
+    with pytest.raises(ValueError, match="at least one token"):
+        beam_search(model, enc.trie, [prompts[0], []], 2)
