@@ -76,6 +76,78 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def _inference_setup(args):
+    """(config, dataset, recommender) for --model DIR_OR_RUN: a run directory contributes its resolved
+    config.yaml (prompt, data, decode) and its `model/` folder; any other value is a model path or id."""
+    from bearrec.config import load_config
+    from bearrec.data import load_dataset
+    from bearrec.data.encode import Encoder
+    from bearrec.data.prompts import PromptTemplate
+    from bearrec.evaluation import Recommender
+    from bearrec.modeling import load_model
+
+    run = Path(args.model)
+    config_path = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
+    overrides = list(args.overrides or [])
+    for flag, key in (("data", "data.name"), ("data_dir", "data.data_dir"), ("num_beams", "decode.num_beams"),
+                      ("length_penalty", "decode.length_penalty"), ("batch_size", "decode.batch_size"),
+                      ("constrained_softmax", "decode.constrained_softmax")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    cfg = load_config(config_path, overrides)
+    model_path = run / "model" if (run / "model").is_dir() else args.model
+    dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
+    cfg.model.name_or_path = str(model_path)
+    cfg.model.lora.enabled = False
+    model, tokenizer = load_model(cfg.model)
+    encoder = Encoder(tokenizer, PromptTemplate.from_config(cfg.prompt, dataset.name), dataset.catalogue)
+    return cfg, dataset, Recommender(model, encoder, cfg.decode)
+
+
+def cmd_evaluate(args) -> int:
+    from bearrec.evaluation import evaluate, format_table, seeded_subset, write_outputs
+
+    cfg, dataset, recommender = _inference_setup(args)
+    examples = dataset.split(args.split)
+    indices = seeded_subset(len(examples), args.limit, cfg.seed)
+    preds, metrics = evaluate(recommender, examples, indices)
+    metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        out = Path(args.out or (Path(args.model) / f"eval-{args.split}" if (Path(args.model) / "config.yaml").exists()
+                                else Path("runs") / f"eval-{dataset.name}-{args.split}"))
+        write_outputs(out, preds, metrics)
+        print(format_table(metrics))
+        print(f"{len(preds)} users; predictions and metrics in {out}")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    cfg, dataset, recommender = _inference_setup(args)
+    try:
+        history = tuple(int(x) for x in args.history.split(",") if x.strip())
+    except ValueError:
+        raise BearrecError(f"--history: expected comma-separated item ids, got {args.history!r}") from None
+    if not history:
+        raise BearrecError("--history is empty: give at least one item id")
+    unknown = [i for i in history if i not in dataset.catalogue]
+    if unknown:
+        raise BearrecError(f"--history: unknown item id {unknown[0]} (not in the {dataset.name} catalogue)")
+    if args.k > cfg.decode.num_beams:
+        raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
+    (rec,) = recommender.recommend([history])
+    rows = [{"rank": r, "items": list(rec.items[r]), "title": rec.titles[r], "score": rec.scores[r]}
+            for r in range(min(args.k, len(rec.titles)))]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+    else:
+        for row in rows:
+            print(f"{row['rank'] + 1:>3}  {row['score']:9.4f}  {','.join(map(str, row['items'])):>10}  {row['title']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["office", "book", "toy", "clothing"])
     p.add_argument("--data-dir", help="destination root (else $BEARREC_DATA_DIR, else the user cache)")
     p.set_defaults(func=cmd_data_download)
+
+    def inference_flags(p):
+        p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
+        p.add_argument("--data", help="dataset name or folder (default: the run's config)")
+        p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
+        p.add_argument("--data-dir", help="folder holding named Amazon datasets")
+        p.add_argument("--num-beams", type=int, help="beam width B (default 10)")
+        p.add_argument("--length-penalty", type=float, help="HF length penalty (default 1.0; D3: 0.0)")
+        p.add_argument("--batch-size", type=int, help="users decoded together (default 8)")
+        p.add_argument("--constrained-softmax", action=argparse.BooleanOptionalAction, default=None,
+                       help="softmax over trie-valid tokens (default) or the whole vocabulary")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    p = sub.add_parser("evaluate", help="decode a split and compute HR@K / NDCG@K")
+    inference_flags(p)
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users")
+    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT or runs/eval-DATA-SPLIT)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-K items for one history")
+    inference_flags(p)
+    p.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 

@@ -80,12 +80,25 @@ class ModelConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """Constrained beam search (METHOD.md section 5, DESIGN.md decisions 2-4)."""
+
+    num_beams: int = 10  # B; B distinct catalogue items come back per user
+    constrained_softmax: bool = True  # softmax over trie-valid tokens (MSL/BEAR) vs whole vocabulary (SFT)
+    length_penalty: float = 1.0  # HF meaning: score = sum log-prob / length ** lp; D3 uses 0.0
+    batch_size: int = 8  # users decoded together
+    autocast: Literal["none", "bfloat16"] = "none"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs above num_beams are skipped
+
+
+@dataclass
 class Config:
     seed: int = 42
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
 def _type_name(tp: Any) -> str:

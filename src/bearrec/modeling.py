@@ -165,14 +165,25 @@ def load_model(cfg: ModelConfig, texts: Iterable[str] | None = None, seed: int =
 
         path = resolve_model_path(cfg.name_or_path)
         try:
+            if (Path(path) / "adapter_config.json").exists():  # a saved LoRA adapter: base + adapter
+                from peft import AutoPeftModelForCausalLM
+
+                model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
+                has_tok = (Path(path) / "tokenizer_config.json").exists()
+                tokenizer = load_tokenizer(path if has_tok else model.peft_config["default"].base_model_name_or_path)
+                return _with_pad(model, tokenizer, cfg)
             tokenizer = load_tokenizer(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         except OSError as exc:
             raise ModelError(f"cannot load model {cfg.name_or_path!r}: {exc}".splitlines()[0]) from None
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    return _with_pad(model, tokenizer, cfg)
+
+
+def _with_pad(model, tokenizer, cfg: ModelConfig):
     if tokenizer.eos_token_id is None:
         raise ModelError(f"tokenizer of {cfg.name_or_path!r} has no EOS token")
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked; EOS is never a prompt token
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked by position, never by id
     return model, tokenizer

@@ -1,0 +1,116 @@
+"""Recommendations for histories, and evaluation of a split: predictions.jsonl + metrics.json.
+
+Under `accelerate launch`, users are split across processes and gathered on the main process,
+which writes the same files (and the same metrics) as a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bearrec.config import DecodeConfig, atomic_write_text
+from bearrec.data.catalogue import Example
+from bearrec.data.encode import Encoder
+from bearrec.decoding import beam_search
+from bearrec.metrics import item_rank, summarize, title_rank
+
+
+@dataclass
+class Recommendation:
+    titles: list[str]
+    items: list[tuple[int, ...]]  # item ids per rank (several where titles are duplicated)
+    scores: list[float]
+
+
+class Recommender:
+    def __init__(self, model, encoder: Encoder, decode: DecodeConfig):
+        if decode.num_beams < 1:
+            raise ValueError(f"decode.num_beams must be >= 1, got {decode.num_beams}")
+        if decode.batch_size < 1:
+            raise ValueError(f"decode.batch_size must be >= 1, got {decode.batch_size}")
+        self.model, self.encoder, self.decode = model.eval(), encoder, decode
+        self.pad_token_id = encoder.tokenizer.pad_token_id or 0
+        self._titles = {node: encoder.catalogue.title(items[0]) for node, items in encoder.trie.terminal_items.items()}
+
+    def _autocast(self):
+        if self.decode.autocast == "bfloat16":
+            return torch.autocast("cuda" if next(self.model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def recommend(self, histories: list[tuple[int, ...]], progress: bool = False) -> list[Recommendation]:
+        prompts = [self.encoder.prompt_ids(h) for h in histories]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
+        out: list[Recommendation | None] = [None] * len(prompts)
+        bs = self.decode.batch_size
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        with self._autocast():
+            for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
+                ranked = beam_search(self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams,
+                                     constrained_softmax=self.decode.constrained_softmax,
+                                     length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id)
+                for i, r in zip(batch, ranked):
+                    out[i] = Recommendation([self._titles[n] for n in r.nodes],
+                                            [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
+        return out
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def _prediction(example: Example, index: int, rec: Recommendation, catalogue) -> dict:
+    target_title = catalogue.title(example.target)
+    return {"index": index, "user_id": example.user_id, "history": list(example.history), "target": example.target,
+            "target_title": target_title, "rank": item_rank(rec.items, example.target),
+            "title_rank": title_rank(rec.titles, target_title),
+            "items": [list(i) for i in rec.items], "titles": rec.titles, "scores": rec.scores}
+
+
+def evaluate(recommender: Recommender, examples: list[Example], indices: list[int] | None = None,
+             progress: bool = True) -> tuple[list[dict], dict]:
+    """Decode `examples[indices]` (all by default); returns (predictions, metrics) on every process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    indices = list(range(len(examples))) if indices is None else indices
+    state = PartialState()
+    with state.split_between_processes(indices) as mine:
+        recs = recommender.recommend([examples[i].history for i in mine], progress=progress and state.is_main_process)
+        preds = [_prediction(examples[i], i, r, recommender.encoder.catalogue) for i, r in zip(mine, recs)]
+    if state.num_processes > 1:
+        preds = gather_object(preds)
+    preds = sorted(preds, key=lambda p: p["index"])
+    return preds, metrics_of(preds, recommender.decode)
+
+
+def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
+    ks = [k for k in decode.ks if k <= decode.num_beams]
+    return {"num_users": len(preds), "num_beams": decode.num_beams,
+            "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty,
+            "item": summarize([p["rank"] for p in preds], ks),
+            "title": summarize([p["title_rank"] for p in preds], ks)}
+
+
+def write_outputs(out_dir: str | Path, preds: list[dict], metrics: dict) -> None:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def format_table(metrics: dict) -> str:
+    keys = list(metrics["item"])
+    lines = ["level | " + " | ".join(keys), "---|" + "---|" * len(keys)]
+    for level in ("item", "title"):
+        lines.append(f"{level} | " + " | ".join(f"{metrics[level][k]:.4f}" for k in keys))
+    return "\n".join(lines)
