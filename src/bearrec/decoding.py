@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from bearrec import prefix_attention
 from bearrec.trie import TitleTrie
 
 
@@ -54,10 +55,12 @@ class _Scorer:
 
     def __init__(self, model, constrained_softmax: bool):
         self.model = model
+        self.device = next(model.parameters()).device
         self.backbone, self.head, self.full_only = _split_model(model)
         self.constrained = constrained_softmax
 
     def forward(self, input_ids, attention_mask, position_ids, cache):
+        input_ids, attention_mask, position_ids = (t.to(self.device) for t in (input_ids, attention_mask, position_ids))
         if self.full_only:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, use_cache=True, logits_to_keep=1)
@@ -68,7 +71,12 @@ class _Scorer:
 
     def child_log_probs(self, state: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor,
                         counts: torch.Tensor) -> torch.Tensor:
-        """`state`: hidden states (or full logits); children flat (row, token). Returns float32 log-probs."""
+        """`state`: hidden states (or full logits); children flat (row, token). Returns float32 log-probs
+        on the CPU, where the beam bookkeeping lives."""
+        rows, toks, counts = rows.to(self.device), toks.to(self.device), counts.to(self.device)
+        return self._child_log_probs(state, rows, toks, counts).cpu()
+
+    def _child_log_probs(self, state, rows, toks, counts):
         if self.full_only or not self.constrained:
             logits = state.float() if self.full_only else self.head(state).float()
             if self.constrained:
@@ -86,16 +94,20 @@ def _segment_log_softmax(values: torch.Tensor, rows: torch.Tensor, counts: torch
     """log-softmax within each group of consecutive entries (group sizes `counts`)."""
     n, width = len(counts), int(counts.max()) if len(counts) else 0
     starts = torch.cumsum(counts, 0) - counts
-    offsets = torch.arange(len(values)) - starts[rows]
-    padded = torch.full((n, width), float("-inf"), dtype=values.dtype)
+    offsets = torch.arange(len(values), device=values.device) - starts[rows]
+    padded = torch.full((n, width), float("-inf"), dtype=values.dtype, device=values.device)
     padded[rows, offsets] = values
     return values - torch.logsumexp(padded, dim=1)[rows]
 
 
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
-                constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0) -> list[Ranked]:
-    """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles."""
+                constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
+                shared_prefix: bool | None = None) -> list[Ranked]:
+    """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
+
+    `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
+    the architecture supports it."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -111,6 +123,17 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
     prompt_len = prompt_mask.sum(1)
     positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
     state, cache = scorer.forward(input_ids, prompt_mask, positions, None)
+    if shared_prefix is None:
+        shared_prefix = prefix_attention.supports(model)
+    if shared_prefix:
+        cache = prefix_attention.SharedPrefixCache(cache, prompt_mask)
+        with prefix_attention.active(model, cache):
+            return _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, True)
+    return _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, False)
+
+
+def _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, shared):
+    n = len(prompt_len)
 
     # live beams, grouped by prompt and in rank order within a prompt
     beam_prompt = torch.arange(n)
@@ -166,7 +189,11 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
         beam_tokens = torch.cat([beam_tokens[parent], new_tok[:, None]], dim=1)
         cache.reorder_cache(parent)  # cache rows are aligned with the live beams
         step += 1
-        attn = torch.cat([prompt_mask[beam_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
+        if shared:
+            cache.set_beams(beam_prompt)
+            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
+        else:
+            attn = torch.cat([prompt_mask[beam_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
         pos = (prompt_len[beam_prompt] + step - 1)[:, None]
         state, cache = scorer.forward(new_tok[:, None], attn, pos, cache)
     return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in finished]

@@ -118,3 +118,34 @@ def test_bad_arguments(setup):
         beam_search(model, enc.trie, prompts[:1], 0)
     with pytest.raises(ValueError, match="at least one token"):
         beam_search(model, enc.trie, [prompts[0], []], 2)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_shared_prefix_attention_equals_the_plain_cache(setup, arch):
+    """The shared-prefix path (prompt KV once per user) against Hugging Face's cache."""
+    model_, tok, enc, prompts = setup
+    cfg = TinyModelConfig(**{**TINY.__dict__, "architecture": arch, "num_heads": 4, "hidden_size": 32})
+    model = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id, seed=5).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    kw = dict(pad_token_id=tok.pad_token_id)
+    shared = beam_search(model, enc.trie, prompts[:16], 5, shared_prefix=True, **kw)
+    plain = beam_search(model, enc.trie, prompts[:16], 5, shared_prefix=False, **kw)
+    assert all(same_ranking(a, b, 1e-5) for a, b in zip(shared, plain))
+    _assert_all_same(shared, hf_beam_search(model, enc.trie, prompts[:16], 5, **kw))
+    assert model.config._attn_implementation != "bearrec_shared_prefix"  # restored after decoding
+
+
+def test_shared_prefix_with_grouped_query_attention(setup):
+    model_, tok, enc, prompts = setup
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    kw = dict(pad_token_id=tok.pad_token_id)
+    _assert_all_same(beam_search(model, enc.trie, prompts[:16], 4, shared_prefix=True, **kw),
+                     hf_beam_search(model, enc.trie, prompts[:16], 4, **kw))
