@@ -113,14 +113,15 @@ def cmd_evaluate(args) -> int:
     indices = seeded_subset(len(examples), args.limit, cfg.seed)
     preds, metrics = evaluate(recommender, examples, indices)
     metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
-    from accelerate import PartialState
+    from bearrec.evaluation import distributed_state
 
-    if PartialState().is_main_process:
+    state = distributed_state()
+    if state.is_main_process:
         out = Path(args.out or (Path(args.model) / f"eval-{args.split}" if (Path(args.model) / "config.yaml").exists()
                                 else Path("runs") / f"eval-{dataset.name}-{args.split}"))
         write_outputs(out, preds, metrics)
         print(format_table(metrics))
-        print(f"{len(preds)} users; predictions and metrics in {out}")
+        print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
     return 0
 
 
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="decode a split and compute HR@K / NDCG@K")
     inference_flags(p)
-    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT or runs/eval-DATA-SPLIT)")
     p.set_defaults(func=cmd_evaluate)

@@ -61,6 +61,13 @@ class Recommender:
         return out
 
 
+def distributed_state():
+    """accelerate's process state; on a machine without CUDA, several processes (torchrun) use gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
     if limit is None or limit >= n:
         return list(range(n))
@@ -80,11 +87,10 @@ def _prediction(example: Example, index: int, rec: Recommendation, catalogue) ->
 def evaluate(recommender: Recommender, examples: list[Example], indices: list[int] | None = None,
              progress: bool = True) -> tuple[list[dict], dict]:
     """Decode `examples[indices]` (all by default); returns (predictions, metrics) on every process."""
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     indices = list(range(len(examples))) if indices is None else indices
-    state = PartialState()
+    state = distributed_state()
     with state.split_between_processes(indices) as mine:
         recs = recommender.recommend([examples[i].history for i in mine], progress=progress and state.is_main_process)
         preds = [_prediction(examples[i], i, r, recommender.encoder.catalogue) for i, r in zip(mine, recs)]

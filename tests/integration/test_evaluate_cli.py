@@ -87,3 +87,21 @@ def test_evaluate_bad_data_fails_before_loading_the_model(run_dir, tmp_path, cap
 def test_decode_config_defaults_match_the_paper():
     d = DecodeConfig()
     assert (d.num_beams, d.constrained_softmax, d.length_penalty) == (10, True, 1.0)
+
+
+def test_two_process_evaluation_equals_one(run_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): users split, gathered, same files as one process."""
+    import os
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["-m", "bearrec", "evaluate", "--model", str(run_dir), "--split", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *args, "--out", str(one)], check=True, env=env, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args, "--out", str(two)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "decoded by 2 process(es)" in done.stdout
+    assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+    assert (two / "metrics.json").read_text() == (one / "metrics.json").read_text()
