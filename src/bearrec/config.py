@@ -92,6 +92,24 @@ class DecodeConfig:
 
 
 @dataclass
+class BearConfig:
+    """BEAR's regulariser (METHOD.md sections 3-4). Defaults: the paper's Toy setting."""
+
+    base: Literal["msl", "sft"] = "msl"  # the authors' code uses MSL inside BEAR
+    num_beams: int = 10  # B in the loss (hard-coded 10 in the authors' code)
+    lam: float = 0.25  # lambda in the convention of `form`
+    xi: float = 2.75  # temperature of the smoothed indicator
+    form: Literal["reference", "paper", "violators"] = "reference"
+
+
+@dataclass
+class LossConfig:
+    name: str = "bear"  # sft | msl | bear
+    tau: float = 1.0  # MSL softmax temperature
+    bear: BearConfig = field(default_factory=BearConfig)
+
+
+@dataclass
 class Config:
     seed: int = 42
     output_dir: str = "runs/default"
@@ -99,6 +117,7 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def _type_name(tp: Any) -> str:

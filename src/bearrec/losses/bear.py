@@ -1,0 +1,95 @@
+"""BEAR: beam-search-aware regularisation (METHOD.md sections 3-4).
+
+Per response position t, with p_t the probability of the target token under the base loss's
+softmax (`msl`: over the trie-valid tokens, `sft`: over the vocabulary) and beta_t the B-th largest
+such probability (detached; 0 when fewer than B tokens are valid, where the condition holds
+trivially), the pruning margin is Delta_t = log beta_t - log p_t.
+
+Forms (`form`):
+- `reference` (the authors' code, default: the published lambda/xi are in its convention):
+  w_t = 1 + lam * sigmoid((log p_t - log beta_t) / xi), detached;
+  loss = sum_t w_t CE_t / sum_t w_t over positions with more than one valid token.
+- `paper` (Eq. 3.5): L_base + lam * mean_t log sigmoid(Delta_t / xi). Normalised per response
+  token, like L_base. Its per-token gradient equals the reference one when
+  lam_paper = lam_reference * xi. Where beta_t = 0 the term's value is -inf with a finite limit
+  gradient (-1/xi d log p_t): there it is computed as (log p_t.detach() - log p_t) / xi, value 0,
+  the same gradient.
+- `violators` (ours, not in the paper): L_base + lam * mean_t softplus(Delta_t / xi), whose weight
+  sigmoid(Delta_t / xi) grows for tokens outside the top-B instead of those inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bearrec.losses.allowed import Allowed, log_beta, log_probs
+
+FORMS = ("reference", "paper", "violators")
+
+
+@dataclass
+class BearTerms:
+    """Per-token quantities, exposed for tests and logging."""
+
+    ce: torch.Tensor  # (T,) base cross-entropy, -log p_t
+    log_p: torch.Tensor  # (T,)
+    log_beta: torch.Tensor  # (T,) detached; -inf where fewer than B candidates
+    counts: torch.Tensor  # (T,) number of valid tokens (vocabulary size for sft)
+
+    @property
+    def margin(self) -> torch.Tensor:
+        """Delta_t = log beta_t - log p_t (detached); -inf where the condition holds trivially."""
+        return self.log_beta - self.log_p.detach()
+
+    @property
+    def inside_top_b(self) -> torch.Tensor:
+        """The necessary condition per token: p_t >= beta_t."""
+        return self.margin <= 0
+
+
+def bear_terms(logits, targets, allowed: Allowed | None, *, base: str = "msl", num_beams: int = 10,
+               tau: float = 1.0) -> BearTerms:
+    if base not in ("msl", "sft"):
+        raise ValueError(f"bear base must be 'msl' or 'sft', got {base!r}")
+    if base == "msl" and allowed is None:
+        raise ValueError("bear with base msl needs the allowed token sets")
+    lp, candidates = log_probs(logits, targets, allowed if base == "msl" else None, tau if base == "msl" else 1.0)
+    beta = log_beta(candidates.detach(), num_beams)
+    if base == "msl":
+        counts = allowed.counts
+    else:
+        counts = torch.full_like(targets, logits.shape[1])
+    return BearTerms(-lp, lp, beta, counts)
+
+
+def bear_loss(logits, targets, allowed: Allowed | None, *, base: str = "msl", num_beams: int = 10, lam: float = 1.0,
+              xi: float = 1.0, form: str = "reference", tau: float = 1.0) -> torch.Tensor:
+    if form not in FORMS:
+        raise ValueError(f"bear form must be one of {FORMS}, got {form!r}")
+    if xi <= 0:
+        raise ValueError(f"xi must be > 0, got {xi}")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    terms = bear_terms(logits, targets, allowed, base=base, num_beams=num_beams, tau=tau)
+    return bear_from_terms(terms, lam=lam, xi=xi, form=form)
+
+
+def bear_from_terms(terms: BearTerms, *, lam: float, xi: float, form: str) -> torch.Tensor:
+    trivial = torch.isinf(terms.log_beta)
+    if form == "reference":
+        weight = 1 + lam * torch.sigmoid(-terms.margin / xi)  # sigmoid(+inf) = 1 where trivial
+        counted = terms.counts > 1
+        if not bool(counted.any()):
+            return terms.ce.sum() * 0.0  # every token forced: nothing to learn, keep the graph
+        w = weight[counted]
+        return (w * terms.ce[counted]).sum() / w.sum()
+    base = terms.ce.mean()
+    delta = torch.where(trivial, torch.zeros_like(terms.log_p), terms.log_beta) - terms.log_p
+    if form == "paper":
+        reg = torch.where(trivial, (terms.log_p.detach() - terms.log_p) / xi, F.logsigmoid(delta / xi))
+    else:  # violators
+        reg = torch.where(trivial, torch.zeros_like(delta), F.softplus(delta / xi))
+    return base + lam * reg.mean()

@@ -1,0 +1,163 @@
+"""Losses against values derived by hand (math module, no torch in the expectations)."""
+
+import math
+
+import pytest
+import torch
+
+from bearrec.config import BearConfig, LossConfig
+from bearrec.losses import LOSSES, Allowed, bear_loss, bear_terms, condition_metrics, msl_loss, sft_loss, validate
+
+
+def lse(*xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# Four response positions, vocabulary of 4.
+#  A: target 1, valid {0,1,2}   -> with B=2, beta is p1 itself: margin 0
+#  B: target 0, valid {0,1,2,3} -> beta = p1 = e/S, p0 = 1/S: margin +1 (outside the top-2)
+#  C: target 3, valid {3}       -> forced: CE 0, excluded from the reference normaliser
+#  D: target 1, valid {0,1}     -> fewer than B=3 valid tokens in the second check
+LOGITS = [[2.0, 1.0, 0.0, -1.0], [0.0, 1.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+TARGETS = [1, 0, 3, 1]
+SETS = [[0, 1, 2], [0, 1, 2, 3], [3], [0, 1]]
+CE = [-1 + lse(2, 1, 0), -0 + lse(0, 1, 5, 0), 0.0, -0 + lse(1, 0)]
+
+
+def inputs(dtype=torch.float32, requires_grad=False):
+    logits = torch.tensor(LOGITS, dtype=dtype, requires_grad=requires_grad)
+    return logits, torch.tensor(TARGETS), Allowed.from_lists(SETS)
+
+
+def test_sft_is_full_vocabulary_cross_entropy():
+    logits, targets, _ = inputs()
+    expected = [-1 + lse(2, 1, 0, -1), lse(0, 1, 5, 0), lse(0, 0, 0, 0), -0 + lse(1, 0, 0, 0)]
+    assert float(sft_loss(logits, targets)) == pytest.approx(sum(expected) / 4, abs=1e-6)
+
+
+def test_msl_is_softmax_over_valid_tokens_only():
+    logits, targets, allowed = inputs()
+    assert float(msl_loss(logits, targets, allowed)) == pytest.approx(sum(CE) / 4, abs=1e-6)
+    tau2 = [-0.5 + lse(1, 0.5, 0), lse(0, 0.5, 2.5, 0), 0.0, lse(0.5, 0)]
+    assert float(msl_loss(logits, targets, allowed, tau=2.0)) == pytest.approx(sum(tau2) / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("lam, xi", [(0.25, 2.75), (4.0, 0.25), (1.0, 1.0)])
+def test_bear_reference_weighting_by_hand(lam, xi):
+    logits, targets, allowed = inputs()
+    w = [1 + lam * sig(0 / xi), 1 + lam * sig(-1 / xi), None, None]
+    # B=2: D has exactly 2 valid tokens, beta = the smaller: p1 = 1/(e+1) -> log p - log beta = 0
+    w[3] = 1 + lam * sig(0)
+    expected = (w[0] * CE[0] + w[1] * CE[1] + w[3] * CE[3]) / (w[0] + w[1] + w[3])
+    got = bear_loss(logits, targets, allowed, num_beams=2, lam=lam, xi=xi, form="reference")
+    assert float(got) == pytest.approx(expected, abs=1e-6)
+    # B=3: A and B keep their margins? A: beta = p2 (3rd of 3): log p1 - log p2 = 1; B: beta = p0 (3rd of 4)
+    # = p3 -> margin 0; D has 2 < 3 valid tokens: condition holds trivially -> weight 1 + lam
+    w3 = [1 + lam * sig(1 / xi), 1 + lam * sig(0), 1 + lam]
+    expected3 = (w3[0] * CE[0] + w3[1] * CE[1] + w3[2] * CE[3]) / sum(w3)
+    got3 = bear_loss(logits, targets, allowed, num_beams=3, lam=lam, xi=xi, form="reference")
+    assert float(got3) == pytest.approx(expected3, abs=1e-6)
+
+
+def test_bear_paper_and_violators_by_hand():
+    logits, targets, allowed = inputs()
+    lam, xi = 0.5, 2.0
+    base = sum(CE) / 4
+    # B=2: margins A 0, B +1, C trivial (1 valid token), D 0
+    paper = base + lam * (math.log(sig(0)) + math.log(sig(1 / xi)) + 0.0 + math.log(sig(0))) / 4
+    viol = base + lam * (math.log(2) + math.log(1 + math.exp(1 / xi)) + 0.0 + math.log(2)) / 4
+    kw = dict(num_beams=2, lam=lam, xi=xi)
+    assert float(bear_loss(logits, targets, allowed, form="paper", **kw)) == pytest.approx(paper, abs=1e-6)
+    assert float(bear_loss(logits, targets, allowed, form="violators", **kw)) == pytest.approx(viol, abs=1e-6)
+    assert float(bear_loss(logits, targets, allowed, form="paper", num_beams=2, lam=0.0, xi=xi)) == pytest.approx(base)
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+@pytest.mark.parametrize("lam, xi", [(0.25, 2.75), (4.0, 0.25)])
+def test_paper_and_reference_gradients_agree_per_token(num_beams, lam, xi):
+    """With beta detached, d/dlogits of the paper form (lam_paper = lam * xi), times the number of
+    tokens, equals that of the reference form times the sum of its weights, at every position."""
+    logits_r, targets, allowed = inputs(requires_grad=True)
+    logits_p = logits_r.detach().clone().requires_grad_(True)
+    bear_loss(logits_r, targets, allowed, num_beams=num_beams, lam=lam, xi=xi, form="reference").backward()
+    bear_loss(logits_p, targets, allowed, num_beams=num_beams, lam=lam * xi, xi=xi, form="paper").backward()
+    terms = bear_terms(logits_r.detach(), targets, allowed, num_beams=num_beams)
+    weights = 1 + lam * torch.sigmoid(-terms.margin / xi)
+    total_w = float(weights[terms.counts > 1].sum())
+    assert torch.allclose(logits_p.grad * 4, logits_r.grad * total_w, atol=1e-5)
+    assert logits_r.grad.abs().sum() > 0
+
+
+def test_violators_weight_grows_outside_the_top_b():
+    logits, targets, allowed = inputs(requires_grad=True)
+    bear_loss(logits, targets, allowed, num_beams=2, lam=1.0, xi=1.0, form="violators").backward()
+    with_reg = logits.grad.clone()
+    logits.grad = None
+    msl_loss(logits, targets, allowed).backward()
+    extra = (with_reg - logits.grad).norm(dim=1)
+    assert extra[1] > extra[0] > 0  # B (outside the top-2) is pushed harder than A (at the edge)
+
+
+def test_bear_with_sft_base_uses_the_whole_vocabulary():
+    logits, targets, allowed = inputs()
+    terms = bear_terms(logits, targets, None, base="sft", num_beams=2)
+    assert terms.counts.tolist() == [4, 4, 4, 4]
+    # C: all four logits tie: p = 1/4 = beta -> margin 0; A: beta = p1 itself
+    assert terms.margin[0] == pytest.approx(0.0, abs=1e-6) and terms.margin[2] == pytest.approx(0.0, abs=1e-6)
+    lam, xi = 1.0, 1.0
+    ce = [-1 + lse(2, 1, 0, -1), lse(0, 1, 5, 0), lse(0, 0, 0, 0), lse(1, 0, 0, 0)]
+    # over the vocabulary with B=2: A, C, D have the target at the 2nd place (or tied): margin 0; B: +1
+    margins = [0.0, 1.0, 0.0, 0.0]
+    w = [1 + lam * sig(-m / xi) for m in margins]
+    expected = sum(wi * c for wi, c in zip(w, ce)) / sum(w)
+    got = bear_loss(logits, targets, None, base="sft", num_beams=2, lam=lam, xi=xi)
+    assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("form", ["reference", "paper", "violators"])
+def test_extreme_logits_and_single_token_sets_stay_finite(form):
+    logits = torch.tensor([[1e4, -1e4, 0.0, 3.0], [-1e4, 1e4, -1e4, 0.0], [5.0, 5.0, 5.0, 5.0]], requires_grad=True)
+    targets = torch.tensor([1, 0, 2])
+    allowed = Allowed.from_lists([[0, 1, 3], [0, 1], [2]])
+    loss = bear_loss(logits, targets, allowed, num_beams=2, lam=1.0, xi=0.25, form=form)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    only_forced = bear_loss(logits[2:], targets[2:], Allowed.from_lists([[2]]), form=form)
+    assert float(only_forced.detach()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["sft", "msl", "bear"])
+def test_bf16_inputs_match_fp32(name):
+    cfg = LossConfig(name=name, bear=BearConfig(num_beams=2))
+    l32 = LOSSES[name](*inputs(torch.float32), cfg)
+    l16 = LOSSES[name](*inputs(torch.bfloat16), cfg)
+    assert l16.dtype == torch.float32 and float(l16) == pytest.approx(float(l32), abs=1e-2)
+
+
+def test_condition_metrics_by_hand():
+    logits, targets, allowed = inputs()
+    got = condition_metrics(logits, targets, allowed, num_beams=2)
+    # inside the top-2: A (margin 0), C (trivial), D (margin 0); B is outside (margin 1)
+    assert got["inside_top_b"] == 0.75 and got["mean_margin"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+@pytest.mark.parametrize("cfg, fragment", [
+    (LossConfig(name="dpo"), "unknown"), (LossConfig(tau=0), "tau"),
+    (LossConfig(bear=BearConfig(num_beams=0)), "num_beams"), (LossConfig(bear=BearConfig(xi=0)), "xi"),
+    (LossConfig(bear=BearConfig(lam=-1)), "lam"),
+])
+def test_bad_settings(cfg, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        validate(cfg)
+
+
+def test_bad_shapes():
+    logits, targets, allowed = inputs()
+    with pytest.raises(ValueError, match="allowed sets for 4 positions"):
+        msl_loss(logits[:3], targets[:3], allowed)
+    with pytest.raises(ValueError, match="needs the allowed token sets"):
+        bear_loss(logits, targets, None)
