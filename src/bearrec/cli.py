@@ -149,6 +149,21 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from bearrec.config import load_config
+    from bearrec.training import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, resume=args.resume)
+    test = run_dir / "eval-test" / "metrics.json"
+    if test.exists():
+        from bearrec.evaluation import format_table
+
+        print(format_table(json.loads(test.read_text())))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT or runs/eval-DATA-SPLIT)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
+    p.add_argument("--config", help="a YAML config (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.bear.lam=0.5")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recommend", help="top-K items for one history")
     inference_flags(p)

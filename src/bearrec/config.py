@@ -110,6 +110,26 @@ class LossConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Fine-tuning on Hugging Face Trainer. Defaults follow the paper where it says (METHOD.md 6)."""
+
+    epochs: int = 10
+    batch_size: int = 16  # per process; the global batch is batch_size * grad_accum * processes
+    grad_accum: int = 8
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False  # autocast
+    max_train_examples: Optional[int] = None  # a seeded subsample of the train split
+    valid_users: Optional[int] = 200  # seeded validation subset decoded after each epoch; null: all
+    selection_k: int = 10  # the best epoch maximises validation NDCG@selection_k
+    eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
+    logging_steps: int = 10
+    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard] when it is installed
+
+
+@dataclass
 class Config:
     seed: int = 42
     output_dir: str = "runs/default"
@@ -118,6 +138,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -155,6 +176,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -23,7 +23,7 @@ def test_yaml_into_typed_dataclasses(tmp_path):
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("colour: red\n", "unknown key 'colour'; valid keys here: seed, output_dir, data, prompt, model, decode, loss"),
+    ("colour: red\n", "unknown key 'colour'; valid keys here: seed, output_dir, data, prompt, model, decode, loss, train"),
     ("data:\n  nmae: office\n", "unknown key 'data.nmae'; valid keys here: name, data_dir"),
     ("data:\n  prepare: {kcore: 3}\n", "unknown key 'data.prepare.kcore'"),
     ("seed: '7'\n", "seed: expected int, got '7'"),
@@ -55,6 +55,7 @@ def test_overrides_are_typed(tmp_path):
     assert cfg.data.prepare.k_core == 3 and cfg.data.valid_fraction == 0.2
     assert cfg.model.lora.target_modules == ["q_proj", "k_proj"]
     assert cfg.prompt.max_history_items == 5 and cfg.data.data_dir is None
+    assert load_config(None, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4  # YAML 1.1 reads a str
 
 
 def test_override_wins_over_file(tmp_path):

@@ -1,0 +1,219 @@
+"""Fine-tuning with SFT / MSL / BEAR on Hugging Face `Trainer`.
+
+A thin `Trainer` subclass computes the LM head only at response positions (left padding puts every
+response at the end, so `logits_to_keep` cuts the head to the longest target) and calls the
+configured loss with the allowed-token sets built per batch from the trie. After each epoch the
+validation subset is decoded with the real decoder; the best epoch by validation NDCG@K is exported
+to `RUN/model`, and only that model decodes the test split.
+
+Run directory: `config.yaml` (resolved), `checkpoints/` (Trainer's, one per epoch, resumable),
+`selection.json` (per-epoch validation metrics, best epoch), `model/` (the chosen weights and
+tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from bearrec.config import Config, atomic_write_text, save_config
+from bearrec.data.encode import EncodedExample, Encoder
+from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
+from bearrec.losses import LOSSES, Allowed, condition_metrics, validate
+from bearrec.modeling import save_pretrained
+
+
+class TrainingSet(torch.utils.data.Dataset):
+    """Encoded examples with the trie node before every target token (for the allowed sets)."""
+
+    def __init__(self, encoded: list[EncodedExample], encoder: Encoder):
+        self.examples = encoded
+        self.nodes = {}
+        for e in encoded:
+            if e.item_id not in self.nodes:
+                self.nodes[e.item_id] = encoder.trie.walk(e.target_ids)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        e = self.examples[i]
+        return {"prompt_ids": e.prompt_ids, "target_ids": e.target_ids, "nodes": self.nodes[e.item_id]}
+
+
+class Collator:
+    """Left-pads prompt + target; lists response positions, targets and their trie nodes."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        seqs = [f["prompt_ids"] + f["target_ids"] for f in features]
+        width = max(map(len, seqs))
+        keep = max(len(f["target_ids"]) for f in features)
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows, cols, targets, nodes = [], [], [], []
+        for i, (f, seq) in enumerate(zip(features, seqs)):
+            input_ids[i, width - len(seq):] = torch.tensor(seq)
+            mask[i, width - len(seq):] = 1
+            n = len(f["target_ids"])
+            # kept logits cover the last keep + 1 positions; position j of them predicts token
+            # width - keep - 1 + j + 1, so target k (of n) is predicted at j = keep - n + k
+            rows += [i] * n
+            cols += range(keep - n, keep)
+            targets += f["target_ids"]
+            nodes += f["nodes"]
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+                "logits_to_keep": keep + 1, "resp_rows": torch.tensor(rows), "resp_cols": torch.tensor(cols),
+                "targets": torch.tensor(targets), "nodes": torch.tensor(nodes)}
+
+
+class BearTrainer(Trainer):
+    def __init__(self, *args, trie=None, loss_cfg=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trie, self.loss_cfg = trie, loss_cfg
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for accumulation
+        self._condition = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
+        targets, nodes = inputs.pop("targets"), inputs.pop("nodes")
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits[rows, cols]
+        allowed = Allowed.from_trie(self.trie, nodes.cpu()).to(logits.device)
+        loss = LOSSES[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
+        if self.state.global_step % max(self.args.logging_steps, 1) == 0:
+            self._condition.append(condition_metrics(logits.detach(), targets, allowed, self.loss_cfg.bear.num_beams))
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._condition and "loss" in logs:
+            for key in self._condition[0]:
+                logs[f"train_{key}"] = round(sum(c[key] for c in self._condition) / len(self._condition), 4)
+            self._condition = []
+        super().log(logs, *args, **kwargs)
+
+
+class EpochSelection(TrainerCallback):
+    """After each epoch: decode the validation subset, log NDCG@K, export the best model."""
+
+    def __init__(self, run_dir: Path, encoder: Encoder, cfg: Config, valid, indices):
+        self.run_dir, self.encoder, self.cfg, self.valid, self.indices = run_dir, encoder, cfg, valid, indices
+        self.path = run_dir / "selection.json"
+        self.record = json.loads(self.path.read_text()) if self.path.exists() else {"epochs": [], "best": None}
+        self.trainer: BearTrainer | None = None
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        epoch = round(state.epoch)
+        was_training = unwrapped.training
+        preds, metrics = evaluate(Recommender(unwrapped, self.encoder, self.cfg.decode), self.valid, self.indices,
+                                  progress=False)
+        unwrapped.train(was_training)
+        k = min(self.cfg.train.selection_k, self.cfg.decode.num_beams)
+        score = summary_ndcg(preds, k)
+        entry = {"epoch": epoch, "step": state.global_step, f"valid_ndcg@{k}": score,
+                 "valid_hr@{}".format(k): sum(p["rank"] is not None and p["rank"] < k for p in preds) / len(preds)}
+        trainer.log({f"valid_ndcg@{k}": score, "epoch": float(epoch)})
+        if trainer.accelerator.is_main_process:
+            self.record["epochs"] = [e for e in self.record["epochs"] if e["epoch"] != epoch] + [entry]
+            best = self.record["best"]
+            if best is None or score > best[f"valid_ndcg@{k}"]:
+                self.record["best"] = entry
+                save_pretrained(unwrapped, self.encoder.tokenizer, self.run_dir / "model")
+            write_outputs(self.run_dir / f"eval-valid-epoch-{epoch}", preds, metrics)
+            atomic_write_text(self.path, json.dumps(self.record, indent=2) + "\n")
+        trainer.accelerator.wait_for_everyone()
+
+
+def summary_ndcg(preds: list[dict], k: int) -> float:
+    return sum(1 / math.log2(p["rank"] + 2) for p in preds if p["rank"] is not None and p["rank"] < k) / len(preds)
+
+
+def check_config(cfg: Config) -> None:
+    """Everything that can be checked before data and model are loaded."""
+    validate(cfg.loss)
+    t = cfg.train
+    for key in ("epochs", "batch_size", "grad_accum", "selection_k", "logging_steps"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.learning_rate <= 0:
+        raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate}")
+    if cfg.decode.num_beams < 1:
+        raise ValueError(f"decode.num_beams must be >= 1, got {cfg.decode.num_beams}")
+    if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
+        raise ValueError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
+
+
+def build_encoder_and_model(cfg: Config, dataset):
+    from bearrec.data.prompts import PromptTemplate
+    from bearrec.modeling import load_model
+
+    template = PromptTemplate.from_config(cfg.prompt, dataset.name)
+    texts = None
+    if cfg.model.name_or_path == "tiny":
+        sample = random.Random(cfg.seed).sample(dataset.train, min(len(dataset.train), 2000))
+        texts = [*dataset.catalogue.unique_titles,
+                 *(template.render([dataset.catalogue.title(i) for i in e.history]) for e in sample)]
+    model, tokenizer = load_model(cfg.model, texts=texts, seed=cfg.seed)
+    return Encoder(tokenizer, template, dataset.catalogue), model
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    from bearrec.data import load_dataset
+
+    check_config(cfg)
+    run_dir = Path(cfg.output_dir)
+    dataset = load_dataset(cfg.data)  # data errors before any model is loaded
+    torch.manual_seed(cfg.seed)
+    encoder, model = build_encoder_and_model(cfg, dataset)
+    train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples, cfg.seed)]
+    train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
+    valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users, cfg.seed)
+    save_config(cfg, run_dir)
+    t = cfg.train
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16,
+        logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none", seed=cfg.seed,
+        data_seed=cfg.seed, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, disable_tqdm=False)
+    selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
+    trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
+                          data_collator=Collator(encoder.tokenizer.pad_token_id), trie=encoder.trie, loss_cfg=cfg.loss,
+                          callbacks=[selection] if selection else [])
+    if selection:
+        selection.trainer = trainer
+    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
+    if selection is None and trainer.accelerator.is_main_process:
+        save_pretrained(trainer.accelerator.unwrap_model(trainer.model), encoder.tokenizer, run_dir / "model")
+    if cfg.train.eval_test:
+        best = trainer.accelerator.unwrap_model(trainer.model)
+        if selection is not None:
+            best = _load_exported(run_dir / "model", cfg)
+        preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test)
+        if trainer.accelerator.is_main_process:
+            metrics["selected"] = selection.record["best"] if selection else None
+            write_outputs(run_dir / "eval-test", preds, metrics)
+    return run_dir
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("checkpoint-*"))
+
+
+def _load_exported(path: Path, cfg: Config):
+    from bearrec.modeling import load_model
+
+    model_cfg = type(cfg.model)(name_or_path=str(path), dtype=cfg.model.dtype)
+    model_cfg.lora.enabled = False
+    model, _ = load_model(model_cfg)
+    return model

@@ -1,0 +1,147 @@
+"""Training on a tiny from-scratch model and a hand-written dataset: response-only logits, the
+loss going down, epoch selection on validation, resume, and bad configs."""
+
+import json
+
+import pytest
+import torch
+
+from bearrec.cli import main
+from bearrec.config import load_config
+from bearrec.data.authors import load_authors_dir
+from bearrec.losses import LOSSES, Allowed
+from bearrec.training import Collator, TrainingSet, build_encoder_and_model, train
+from tests.conftest import write_authors
+
+TINY = ["model.name_or_path=tiny", "model.lora.enabled=false", "prompt.template=compact",
+        "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+        "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "train.batch_size=4", "train.grad_accum=1",
+        "train.learning_rate=1e-2", "train.warmup_steps=0", "train.logging_steps=1", "decode.num_beams=3",
+        "train.report_to=[]"]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_authors(tmp_path / "Shop")
+
+
+def _cfg(data_dir, out, *extra):
+    return load_config(None, [f"data.name={data_dir}", "data.valid_fraction=0.25", f"output_dir={out}", *TINY, *extra])
+
+
+def test_response_logits_equal_unpadded_teacher_forcing(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "run")
+    ds = load_authors_dir(data_dir, valid_fraction=0.25)
+    encoder, model = build_encoder_and_model(cfg, ds)
+    model.eval()
+    encoded = encoder.encode_all(ds.train)
+    batch = Collator(encoder.tokenizer.pad_token_id)([TrainingSet(encoded, encoder)[i] for i in range(len(encoded))])
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"])
+        got = out.logits[batch["resp_rows"], batch["resp_cols"]]
+        expected, targets, nodes = [], [], []
+        for e in encoded:  # each example alone, no padding, full logits
+            full = model(torch.tensor([e.input_ids])).logits[0]
+            n = len(e.target_ids)
+            expected.append(full[len(e.prompt_ids) - 1: len(e.prompt_ids) - 1 + n])
+            targets += e.target_ids
+            nodes += encoder.trie.walk(e.target_ids)
+    assert torch.allclose(got, torch.cat(expected), atol=1e-4)
+    assert batch["targets"].tolist() == targets and batch["nodes"].tolist() == nodes
+    # the allowed sets contain each target; forced positions have one token
+    allowed = Allowed.from_trie(encoder.trie, batch["nodes"])
+    for t, (count, target) in enumerate(zip(allowed.counts.tolist(), targets)):
+        start = int(allowed.counts[:t].sum())
+        assert target in allowed.tokens[start:start + count].tolist()
+    loss = LOSSES["msl"](got, batch["targets"], allowed, cfg.loss)
+    assert torch.isfinite(loss)
+
+
+def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", f"data.name={data_dir}", "data.valid_fraction=0.25", f"output_dir={out}", *TINY,
+            "train.epochs=4", "loss.name=bear", "loss.bear.num_beams=2"]
+    assert main(argv) == 0
+    assert "run directory" in capsys.readouterr().out
+    record = json.loads((out / "selection.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3, 4]
+    best = max(record["epochs"], key=lambda e: e["valid_ndcg@3"])
+    assert record["best"]["valid_ndcg@3"] == best["valid_ndcg@3"]
+    assert (out / "model" / "config.json").exists() and (out / "model" / "bearrec_tokenizer").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    test = json.loads((out / "eval-test" / "metrics.json").read_text())
+    assert test["num_users"] == 2 and test["selected"] == record["best"]
+    assert load_config(out / "config.yaml").loss.bear.num_beams == 2  # resolved config in the run
+    # the exported model is what `bearrec evaluate` uses for a run directory
+    assert main(["evaluate", "--model", str(out), "--split", "test"]) == 0
+    again = json.loads((out / "eval-test" / "metrics.json").read_text())
+    assert again["item"] == test["item"]
+
+
+def test_loss_goes_down(tmp_path):
+    """A learnable rule (the target follows the last history item): the msl loss halves."""
+    import random
+
+    follow = {1: 2, 2: 3, 3: 5, 4: 5, 5: 6, 6: 1}
+    rng = random.Random(0)
+    rows = []
+    for i in range(24):
+        last = rng.randint(1, 6)
+        rows.append((f"u{i}", [rng.randint(1, 6), last, follow[last]], i))
+    data = write_authors(tmp_path / "Rule", train=rows)
+    cfg = _cfg(data, tmp_path / "run", "loss.name=msl", "train.epochs=10", "train.eval_test=false",
+               "data.valid_fraction=0.0", "train.batch_size=8")
+    run = train(cfg)
+    last = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    losses = [h["loss"] for h in json.loads((last / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert len(losses) == 30
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    assert not (run / "selection.json").exists() and (run / "model" / "config.json").exists()
+
+
+def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    import bearrec.training as training
+
+    full = train(_cfg(data_dir, tmp_path / "full", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0"))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:  # mid-epoch 3 (2 steps per epoch)
+                raise KeyboardInterrupt
+
+    original = training.BearTrainer.__init__
+
+    def with_crash(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(Crash())
+
+    cfg = _cfg(data_dir, tmp_path / "resumed", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0")
+    monkeypatch.setattr(training.BearTrainer, "__init__", with_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(training.BearTrainer, "__init__", original)
+    train(cfg, resume=True)
+    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("loss.name=dpo", "loss.name 'dpo' unknown"), ("loss.bear.num_beams=0", "num_beams (B) must be >= 1"),
+    ("loss.bear.xi=0", "xi must be > 0"), ("train.epochs=0", "train.epochs must be >= 1"),
+    ("model.lora.enabled=true", "trained from scratch"),
+])
+def test_bad_config_fails_before_loading_anything(data_dir, tmp_path, capsys, override, fragment):
+    argv = ["train", f"data.name={data_dir}", f"output_dir={tmp_path / 'run'}", *TINY, override]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_fails_before_the_model(tmp_path, capsys):
+    assert main(["train", f"data.name={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'run'}", *TINY]) == 2
+    assert "not a dataset name" in capsys.readouterr().err
