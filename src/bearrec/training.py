@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from bearrec.config import Config, atomic_write_text, save_config
 from bearrec.data.encode import EncodedExample, Encoder
 from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
-from bearrec.losses import LOSSES, Allowed, condition_metrics, validate
+from bearrec.losses import LOSS_PARTS, Allowed, condition_metrics, validate
 from bearrec.modeling import save_pretrained
 
 
@@ -87,7 +87,11 @@ class BearTrainer(Trainer):
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[rows, cols]
         allowed = Allowed.from_trie(self.trie, nodes.cpu()).to(logits.device)
-        loss = LOSSES[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
+        num, den = LOSS_PARTS[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
+        world = self.accelerator.num_processes
+        if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
+            den = self.accelerator.reduce(den.detach(), reduction="sum") / world
+        loss = num / den if float(den) > 0 else num * 0.0
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:
             self._condition.append(condition_metrics(logits.detach(), targets, allowed, self.loss_cfg.bear.num_beams))
         return (loss, outputs) if return_outputs else loss

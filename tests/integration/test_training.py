@@ -145,3 +145,30 @@ def test_bad_config_fails_before_loading_anything(data_dir, tmp_path, capsys, ov
 def test_missing_data_fails_before_the_model(tmp_path, capsys):
     assert main(["train", f"data.name={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'run'}", *TINY]) == 2
     assert "not a dataset name" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    """torchrun, 2 CPU processes (gloo) x batch 2 against 1 process x batch 4: the losses are
+    normalised over the whole global batch, so the weights agree to rounding."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    rows = [("u1", [1, 2, 3], 100), ("u2", [2, 3, 5], 300), ("u3", [5, 6, 1], 200), ("u4", [3, 5, 6, 2], 500),
+            ("u1", [2, 3, 4], 400), ("u5", [6, 1, 2], 250), ("u6", [1, 5, 3], 600), ("u8", [2, 6, 5], 350)]
+    data = write_authors(tmp_path / "Eight", train=rows)
+    common = [f"data.name={data}", "data.valid_fraction=0", *TINY, "train.epochs=2", "train.eval_test=false",
+              "loss.name=bear", "loss.bear.num_beams=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "bearrec", "train", *common, "train.batch_size=4",
+                          f"output_dir={tmp_path / 'one'}"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "bearrec", "train", *common, "train.batch_size=2", f"output_dir={tmp_path / 'two'}"],
+                         env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)

@@ -1,6 +1,7 @@
 """Fine-tuning losses: pure functions of response-position logits (T, V), target ids (T,) and the
-allowed next-token sets (`Allowed`). `LOSSES[name](logits, targets, allowed, cfg)` is the dispatch
-the trainer uses; `validate` rejects bad settings before any model is loaded."""
+allowed next-token sets (`Allowed`). `LOSSES[name](logits, targets, allowed, cfg)` gives the loss;
+`LOSS_PARTS` its numerator and denominator, which the trainer adds up across processes; `validate`
+rejects bad settings before any model is loaded."""
 
 from __future__ import annotations
 
@@ -9,15 +10,33 @@ import torch
 from bearrec.config import LossConfig
 from bearrec.losses.allowed import Allowed, log_beta, log_probs
 from bearrec.losses.base import msl_loss, sft_loss
-from bearrec.losses.bear import FORMS, BearTerms, bear_from_terms, bear_loss, bear_terms
+from bearrec.losses.bear import FORMS, BearTerms, bear_from_terms, bear_loss, bear_parts, bear_terms
 
-LOSSES = {
-    "sft": lambda logits, targets, allowed, cfg: sft_loss(logits, targets),
-    "msl": lambda logits, targets, allowed, cfg: msl_loss(logits, targets, allowed, cfg.tau),
-    "bear": lambda logits, targets, allowed, cfg: bear_loss(
-        logits, targets, allowed, base=cfg.bear.base, num_beams=cfg.bear.num_beams, lam=cfg.bear.lam,
-        xi=cfg.bear.xi, form=cfg.bear.form, tau=cfg.tau),
+def _mean_ce_parts(logits, targets, allowed, tau):
+    lp, _ = log_probs(logits, targets, allowed, tau)
+    return -lp.sum(), torch.tensor(float(len(lp)), device=lp.device)
+
+
+def _bear_parts(logits, targets, allowed, cfg):
+    b = cfg.bear
+    terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau)
+    return bear_parts(terms, lam=b.lam, xi=b.xi, form=b.form)
+
+
+# name -> fn(logits, targets, allowed, cfg) -> (numerator, detached denominator); loss = ratio
+LOSS_PARTS = {
+    "sft": lambda logits, targets, allowed, cfg: _mean_ce_parts(logits, targets, None, 1.0),
+    "msl": lambda logits, targets, allowed, cfg: _mean_ce_parts(logits, targets, allowed, cfg.tau),
+    "bear": _bear_parts,
 }
+
+
+def _ratio(parts):
+    num, den = parts
+    return num / den if float(den) > 0 else num * 0.0
+
+
+LOSSES = {name: (lambda fn: lambda *args: _ratio(fn(*args)))(fn) for name, fn in LOSS_PARTS.items()}
 
 
 def validate(cfg: LossConfig) -> None:
@@ -47,5 +66,5 @@ def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allo
             "mean_margin": float(margin[finite].mean()) if bool(finite.any()) else 0.0}
 
 
-__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "bear_from_terms", "bear_loss", "bear_terms",
+__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "bear_parts", "bear_from_terms", "bear_loss", "bear_terms",
            "condition_metrics", "log_beta", "log_probs", "msl_loss", "sft_loss", "validate"]

@@ -78,18 +78,21 @@ def bear_loss(logits, targets, allowed: Allowed | None, *, base: str = "msl", nu
 
 
 def bear_from_terms(terms: BearTerms, *, lam: float, xi: float, form: str) -> torch.Tensor:
+    num, den = bear_parts(terms, lam=lam, xi=xi, form=form)
+    return num / den if float(den) > 0 else num * 0.0  # every token forced: nothing to learn
+
+
+def bear_parts(terms: BearTerms, *, lam: float, xi: float, form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(numerator, detached denominator): the loss is their ratio. Several processes add up both
+    before dividing, so the loss of a sharded batch equals the loss of the whole batch."""
     trivial = torch.isinf(terms.log_beta)
     if form == "reference":
         weight = 1 + lam * torch.sigmoid(-terms.margin / xi)  # sigmoid(+inf) = 1 where trivial
-        counted = terms.counts > 1
-        if not bool(counted.any()):
-            return terms.ce.sum() * 0.0  # every token forced: nothing to learn, keep the graph
-        w = weight[counted]
-        return (w * terms.ce[counted]).sum() / w.sum()
-    base = terms.ce.mean()
+        w = torch.where(terms.counts > 1, weight, torch.zeros_like(weight))  # forced positions left out
+        return (w * terms.ce).sum(), w.sum()
     delta = torch.where(trivial, torch.zeros_like(terms.log_p), terms.log_beta) - terms.log_p
     if form == "paper":
         reg = torch.where(trivial, (terms.log_p.detach() - terms.log_p) / xi, F.logsigmoid(delta / xi))
     else:  # violators
         reg = torch.where(trivial, torch.zeros_like(delta), F.softplus(delta / xi))
-    return base + lam * reg.mean()
+    return (terms.ce + lam * reg).sum(), torch.tensor(float(len(terms.ce)), device=terms.ce.device)
