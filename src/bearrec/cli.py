@@ -164,6 +164,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_analyze_pruning(args) -> int:
+    from bearrec.analysis import analyze, plot_pruning, write_pruning
+    from bearrec.evaluation import seeded_subset
+
+    results = {}
+    for model in args.model:
+        args_one = argparse.Namespace(**{**vars(args), "model": model})
+        cfg, dataset, recommender = _inference_setup(args_one)
+        examples = dataset.split(args.split)
+        indices = seeded_subset(len(examples), args.limit, cfg.seed)
+        result = analyze(recommender, examples, indices)
+        result.update(split=args.split, dataset=dataset.name, model=model)
+        run = Path(model)
+        out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
+        write_pruning(out, result)
+        results[run.name or model] = result
+        rows = [f"PR@{k} {result[f'PR@{k}']['rate'] if result[f'PR@{k}']['rate'] is not None else float('nan'):.3f} "
+                f"({result[f'PR@{k}']['pruned']}/{result[f'PR@{k}']['eligible']}), violating "
+                f"{result[f'PR@{k}']['violation_share'] if result[f'PR@{k}']['violation_share'] is not None else float('nan'):.3f}"
+                for k in (5, 10)]
+        print(f"{model}: " + "; ".join(rows) + f"  -> {out / 'pruning.json'}")
+    png = Path(args.out or (Path(args.model[0]) / f"pruning-{args.split}")) / "pruning.png"
+    plot_pruning(results, png)
+    print(f"plot: {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="destination root (else $BEARREC_DATA_DIR, else the user cache)")
     p.set_defaults(func=cmd_data_download)
 
-    def inference_flags(p):
-        p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
+    def inference_flags(p, several: bool = False):
+        if several:
+            p.add_argument("--model", required=True, action="append",
+                           help="a run directory or model; repeat it to compare runs side by side")
+        else:
+            p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
         p.add_argument("--data", help="dataset name or folder (default: the run's config)")
         p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
         p.add_argument("--data-dir", help="folder holding named Amazon datasets")
@@ -221,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.bear.lam=0.5")
     p.set_defaults(func=cmd_train)
+
+    analyze = sub.add_parser("analyze", help="pruning analysis").add_subparsers(dest="analyze_command", required=True)
+    p = analyze.add_parser("pruning", help="PR@K and necessary-condition violations (paper Figs. 3, 4, 6)")
+    inference_flags(p, several=True)
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users (scoring every title is slow)")
+    p.add_argument("--out", help="where the plot goes (default: the first run's pruning-SPLIT/)")
+    p.set_defaults(func=cmd_analyze_pruning)
 
     p = sub.add_parser("recommend", help="top-K items for one history")
     inference_flags(p)

@@ -121,7 +121,9 @@ class TitleTrie:
         return node
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
-        node = self.node_of(prefix)
+        return self.next_tokens_of(self.node_of(prefix))
+
+    def next_tokens_of(self, node: int) -> list[int]:
         if node == DEAD:
             return []
         return self.child_tokens[self.indptr[node]:self.indptr[node + 1]].tolist()

@@ -105,3 +105,14 @@ def test_two_process_evaluation_equals_one(run_dir, tmp_path):
     assert "decoded by 2 process(es)" in done.stdout
     assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
     assert (two / "metrics.json").read_text() == (one / "metrics.json").read_text()
+
+
+def test_analyze_pruning_cli(run_dir, tmp_path, capsys):
+    argv = ["analyze", "pruning", "--model", str(run_dir), "--model", str(run_dir), "--split", "test",
+            "--num-beams", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PR@5") == 2 and "pruning.json" in printed
+    result = json.loads((run_dir / "pruning-test" / "pruning.json").read_text())
+    assert result["num_users"] == 2 and result["num_beams"] == 2 and len(result["users"]) == 2
+    assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,150 @@
+"""Why items get pruned (paper Figs. 3, 4, 6): exact overall probabilities of every title, the
+pruning rate PR@K, and how many prunings violate the token-level necessary condition.
+
+- `score_all_titles`: log P(title | prompt) for every catalogue title, by one forward per trie
+  node (level by level, prompt KV shared), not one forward per title.
+- PR@K: among users whose target ranks in the top K by overall probability, the share whose target
+  beam search did not return.
+- violation: at some step the target token's probability is below the B-th largest next-token
+  probability (under the run's score semantics); otherwise the target lost to other beams only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from bearrec import prefix_attention
+from bearrec.config import DecodeConfig, atomic_write_text
+from bearrec.decoding import _Scorer
+from bearrec.evaluation import Recommender
+from bearrec.losses import log_beta
+from bearrec.trie import TitleTrie
+
+
+@torch.no_grad()
+def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool = True) -> dict[int, float]:
+    """{terminal node: sum of token log-probs of its path} for every title in the trie."""
+    scorer = _Scorer(model, constrained_softmax)
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    state, cache = scorer.forward(ids, mask, torch.arange(len(prompt))[None], None)
+    shared = prefix_attention.supports(model)
+    if shared:
+        cache = prefix_attention.SharedPrefixCache(cache, mask)
+        with prefix_attention.active(model, cache):
+            return _score_levels(scorer, trie, cache, state, len(prompt), mask, True)
+    return _score_levels(scorer, trie, cache, state, len(prompt), mask, False)
+
+
+def _score_levels(scorer, trie, cache, state, prompt_len, prompt_mask, shared):
+    nodes, scores = torch.zeros(1, dtype=torch.long), torch.zeros(1)
+    out: dict[int, float] = {}
+    depth = 0
+    while len(nodes):
+        counts, toks, children = trie.children(nodes)
+        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        child_scores = scores[rows] + scorer.child_log_probs(state, rows, toks, counts)
+        ends = toks == trie.eos_token_id
+        out.update(zip(children[ends].tolist(), child_scores[ends].tolist()))
+        go = ~ends
+        if not bool(go.any()):
+            break
+        parent, nodes, scores = rows[go], children[go], child_scores[go]
+        cache.reorder_cache(parent)
+        depth += 1
+        if shared:
+            cache.set_beams(torch.zeros(len(nodes), dtype=torch.long))
+            attn = torch.zeros((len(nodes), 1, 1, 1))
+        else:
+            attn = torch.ones((len(nodes), prompt_len + depth), dtype=torch.long)
+        pos = torch.full((len(nodes), 1), prompt_len + depth - 1)
+        state, cache = scorer.forward(toks[go][:, None], attn, pos, cache)
+    return out
+
+
+@torch.no_grad()
+def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[int, ...], num_beams: int,
+                       constrained_softmax: bool = True) -> bool:
+    """True when at some step the target token is below the B-th largest next-token probability."""
+    logits = model(torch.tensor([prompt + list(path[:-1])])).logits[0, len(prompt) - 1:].float()
+    nodes = trie.walk(path)
+    for t, tok in enumerate(path):
+        row = logits[t]
+        if constrained_softmax:
+            allowed = trie.next_tokens_of(nodes[t])
+            cand = row[allowed] - torch.logsumexp(row[allowed], 0)
+            lp = float(cand[allowed.index(tok)])
+        else:
+            cand = row.log_softmax(-1)
+            lp = float(cand[tok])
+        if lp < float(log_beta(cand[None], num_beams)[0]):
+            return True
+    return False
+
+
+def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), progress: bool = True) -> dict:
+    enc, decode = recommender.encoder, recommender.decode
+    model, trie = recommender.model, enc.trie
+    recs = recommender.recommend([examples[i].history for i in indices], progress=progress)
+    users = []
+    for i, rec in tqdm(list(zip(indices, recs)), desc="scoring every title", disable=not progress):
+        example = examples[i]
+        prompt = enc.prompt_ids(example.history)
+        scores = score_all_titles(model, trie, prompt, decode.constrained_softmax)
+        path = tuple(enc.target_ids(example.target))
+        target_node = trie.node_of(path)
+        target_score = scores[target_node]
+        rank = sum(s > target_score for s in scores.values())
+        pruned = example.target not in {item for items in rec.items for item in items}
+        violation = violates_condition(model, trie, prompt, path, decode.num_beams, decode.constrained_softmax) \
+            if pruned else None
+        users.append({"index": i, "overall_rank": rank, "pruned": pruned, "violation": violation})
+    return summarize_pruning(users, ks, decode)
+
+
+def summarize_pruning(users: list[dict], ks, decode: DecodeConfig) -> dict:
+    out = {"num_users": len(users), "num_beams": decode.num_beams,
+           "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty}
+    for k in ks:
+        eligible = [u for u in users if u["overall_rank"] < k]
+        pruned = [u for u in eligible if u["pruned"]]
+        violating = [u for u in pruned if u["violation"]]
+        out[f"PR@{k}"] = {"eligible": len(eligible), "pruned": len(pruned),
+                          "rate": len(pruned) / len(eligible) if eligible else None,
+                          "violation_share": len(violating) / len(pruned) if pruned else None}
+    out["users"] = users
+    return out
+
+
+def plot_pruning(results: dict[str, dict], path: str | Path, ks=(5, 10)) -> None:
+    """Bars of PR@K and of the violation share, one group per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        r = results[name]
+        xs = [i + j * width for i in range(len(ks))]
+        axes[0].bar(xs, [r[f"PR@{k}"]["rate"] or 0 for k in ks], width, label=name)
+        axes[1].bar(xs, [r[f"PR@{k}"]["violation_share"] or 0 for k in ks], width, label=name)
+    for ax, title in zip(axes, ("pruning rate PR@K", "pruned that violate the condition")):
+        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(ks))], [f"K={k}" for k in ks])
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_pruning(out_dir: str | Path, result: dict) -> None:
+    atomic_write_text(Path(out_dir) / "pruning.json", json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,101 @@
+"""Pruning analysis against brute force on a tiny catalogue."""
+
+import random
+
+import pytest
+import torch
+
+from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning, violates_condition
+from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
+from bearrec.data.catalogue import Catalogue, Example
+from bearrec.data.encode import Encoder
+from bearrec.data.prompts import PromptTemplate
+from bearrec.evaluation import Recommender
+from bearrec.modeling import build_tiny
+from bearrec.oracles import exhaustive_scores
+
+TITLES = ["Red Pen", "Red Pen Refill", "Blue Pen", "Stapler", "Stapler Pro", "Paper", "Paper Clips", "Red Pen",
+          "Ink", "Ink Black", "Ink Black XL", "Notebook", "Note", "Marker", "Markers", "Tape"]
+TINY = TinyModelConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def setup(request):
+    catalogue = Catalogue(dict(enumerate(TITLES, start=1)))
+    cfg = TinyModelConfig(**{**TINY.__dict__, "architecture": request.param})
+    model, tok = build_tiny(cfg, TITLES * 3 + ['History: "a", "b"\nNext:\n'], seed=1)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.eval()
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "x"), catalogue)
+    return model, enc
+
+
+def _brute_violation(model, enc, prompt, path, num_beams, constrained):
+    """One full forward per step; the B-th largest by sorting."""
+    for t in range(len(path)):
+        logits = model(torch.tensor([prompt + list(path[:t])])).logits[0, -1].float()
+        if constrained:
+            allowed = enc.trie.next_tokens(path[:t])
+            probs = {tok: float(logits[tok] - torch.logsumexp(logits[allowed], 0)) for tok in allowed}
+        else:
+            lsm = logits.log_softmax(-1)
+            probs = {tok: float(lsm[tok]) for tok in range(len(lsm))}
+        ranked = sorted(probs.values(), reverse=True)
+        if len(ranked) >= num_beams and probs[path[t]] < ranked[num_beams - 1] - 1e-6:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_all_title_scores_equal_exhaustive_teacher_forcing(setup, constrained):
+    model, enc = setup
+    for history in ([1, 2], [5], [9, 10, 3]):
+        prompt = enc.prompt_ids(history)
+        got = score_all_titles(model, enc.trie, prompt, constrained)
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained, length_penalty=0.0)
+        assert len(got) == len(exact) == 15
+        for path, score in exact.items():
+            assert got[enc.trie.node_of(path)] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("constrained, num_beams", [(True, 2), (True, 3), (False, 2)])
+def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams):
+    model, enc = setup
+    rng = random.Random(3)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(40)]
+    decode = DecodeConfig(num_beams=num_beams, constrained_softmax=constrained, batch_size=8)
+    rec = Recommender(model, enc, decode)
+    result = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False)
+    expected_users = []
+    for e, ranked in zip(examples, rec.recommend([e.history for e in examples])):
+        prompt = enc.prompt_ids(e.history)
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained, length_penalty=0.0)
+        path = tuple(enc.target_ids(e.target))
+        rank = sum(s > exact[path] + 1e-6 for s in exact.values())
+        pruned = not any(e.target in items for items in ranked.items)
+        violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned else None
+        expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
+    assert result["users"] == expected_users
+    assert result == summarize_pruning(expected_users, (1, 3, 5), decode)
+    assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
+    assert result["PR@5"]["eligible"] > 0
+
+
+def test_summary_by_hand():
+    users = [{"overall_rank": 0, "pruned": False, "violation": None},
+             {"overall_rank": 2, "pruned": True, "violation": True},
+             {"overall_rank": 4, "pruned": True, "violation": False},
+             {"overall_rank": 9, "pruned": True, "violation": True}]
+    got = summarize_pruning(users, (1, 5, 10), DecodeConfig())
+    assert got["PR@1"] == {"eligible": 1, "pruned": 0, "rate": 0.0, "violation_share": None}
+    assert got["PR@5"] == {"eligible": 3, "pruned": 2, "rate": 2 / 3, "violation_share": 0.5}
+    assert got["PR@10"] == {"eligible": 4, "pruned": 3, "rate": 0.75, "violation_share": 2 / 3}
+
+
+def test_plot_writes_a_png(tmp_path):
+    users = [{"overall_rank": 0, "pruned": True, "violation": True}]
+    r = summarize_pruning(users, (5, 10), DecodeConfig())
+    plot_pruning({"msl": r, "bear": r}, tmp_path / "pruning.png")
+    assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"
