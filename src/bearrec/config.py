@@ -126,7 +126,7 @@ class TrainConfig:
     selection_k: int = 10  # the best epoch maximises validation NDCG@selection_k
     eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
     logging_steps: int = 10
-    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard] when it is installed
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # logs in RUN/checkpoints/runs/
 
 
 @dataclass

@@ -61,7 +61,7 @@ def test_response_logits_equal_unpadded_teacher_forcing(data_dir, tmp_path):
 def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", f"data.name={data_dir}", "data.valid_fraction=0.25", f"output_dir={out}", *TINY,
-            "train.epochs=4", "loss.name=bear", "loss.bear.num_beams=2"]
+            "train.epochs=4", "loss.name=bear", "loss.bear.num_beams=2", "train.report_to=[tensorboard]"]
     assert main(argv) == 0
     assert "run directory" in capsys.readouterr().out
     record = json.loads((out / "selection.json").read_text())
@@ -69,7 +69,8 @@ def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys
     best = max(record["epochs"], key=lambda e: e["valid_ndcg@3"])
     assert record["best"]["valid_ndcg@3"] == best["valid_ndcg@3"]
     assert (out / "model" / "config.json").exists() and (out / "model" / "bearrec_tokenizer").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
+    assert list((out / "checkpoints" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
     test = json.loads((out / "eval-test" / "metrics.json").read_text())
     assert test["num_users"] == 2 and test["selected"] == record["best"]
     assert load_config(out / "config.yaml").loss.bear.num_beams == 2  # resolved config in the run
