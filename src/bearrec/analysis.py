@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bearrec import prefix_attention
-from bearrec.config import DecodeConfig, atomic_write_text
+from bearrec.atomic import atomic_write_text
+from bearrec.config import DecodeConfig
 from bearrec.decoding import _Scorer
 from bearrec.evaluation import Recommender
 from bearrec.losses import log_beta

@@ -14,18 +14,22 @@ from pathlib import Path
 from bearrec.errors import BearrecError
 
 
+def _overrides(args, flags: dict[str, str]) -> list[str]:
+    """KEY=VALUE overrides from the positional list, then from the flags that were given."""
+    out = list(getattr(args, "overrides", None) or [])
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def _data_config(args):
     from bearrec.config import load_config
 
-    overrides = list(getattr(args, "overrides", None) or [])
-    for flag, key in (("data_dir", "data_dir"), ("train_file", "train_file"),
-                      ("on_empty_title", "on_empty_title"), ("valid_fraction", "valid_fraction")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"data.{key}={value}")
-    if getattr(args, "name", None) is not None:
-        overrides.append(f"data.name={args.name}")
-    return load_config(args.config, overrides)
+    flags = {"data_dir": "data.data_dir", "train_file": "data.train_file", "on_empty_title": "data.on_empty_title",
+             "valid_fraction": "data.valid_fraction", "name": "data.name"}
+    return load_config(args.config, _overrides(args, flags))
 
 
 def _print_statistics(stats: dict) -> None:
@@ -88,14 +92,10 @@ def _inference_setup(args):
 
     run = Path(args.model)
     config_path = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
-    overrides = list(args.overrides or [])
-    for flag, key in (("data", "data.name"), ("data_dir", "data.data_dir"), ("num_beams", "decode.num_beams"),
-                      ("length_penalty", "decode.length_penalty"), ("batch_size", "decode.batch_size"),
-                      ("constrained_softmax", "decode.constrained_softmax")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    cfg = load_config(config_path, overrides)
+    flags = {"data": "data.name", "data_dir": "data.data_dir", "num_beams": "decode.num_beams",
+             "length_penalty": "decode.length_penalty", "batch_size": "decode.batch_size",
+             "constrained_softmax": "decode.constrained_softmax"}
+    cfg = load_config(config_path, _overrides(args, flags))
     model_path = run / "model" if (run / "model").is_dir() else args.model
     dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
     cfg.model.name_or_path = str(model_path)
@@ -164,6 +164,10 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def cmd_analyze_pruning(args) -> int:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
@@ -180,14 +184,26 @@ def cmd_analyze_pruning(args) -> int:
         out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
         write_pruning(out, result)
         results[run.name or model] = result
-        rows = [f"PR@{k} {result[f'PR@{k}']['rate'] if result[f'PR@{k}']['rate'] is not None else float('nan'):.3f} "
-                f"({result[f'PR@{k}']['pruned']}/{result[f'PR@{k}']['eligible']}), violating "
-                f"{result[f'PR@{k}']['violation_share'] if result[f'PR@{k}']['violation_share'] is not None else float('nan'):.3f}"
-                for k in (5, 10)]
+        rows = [f"PR@{k} {_share(r['rate'])} ({r['pruned']}/{r['eligible']}), violating {_share(r['violation_share'])}"
+                for k, r in ((k, result[f"PR@{k}"]) for k in (5, 10))]
         print(f"{model}: " + "; ".join(rows) + f"  -> {out / 'pruning.json'}")
     png = Path(args.out or (Path(args.model[0]) / f"pruning-{args.split}")) / "pruning.png"
     plot_pruning(results, png)
     print(f"plot: {png}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bearrec.config import load_config
+    from bearrec.driver import run
+
+    run_dir = run(load_config(args.config, args.overrides))
+    test = run_dir / "eval-test" / "metrics.json"
+    if test.exists():
+        from bearrec.evaluation import format_table
+
+        print(format_table(json.loads(test.read_text())))
+    print(f"report: {run_dir / 'report.md'}")
     return 0
 
 
@@ -246,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT or runs/eval-DATA-SPLIT)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="train, select, evaluate, analyse pruning and report; resumable")
+    p.add_argument("--config", help="a YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")

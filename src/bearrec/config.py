@@ -7,8 +7,6 @@ Every setting that changes a result lives here, so a run directory's `config.yam
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from bearrec.atomic import atomic_write_text
 from bearrec.errors import ConfigError
 
 
@@ -125,8 +124,15 @@ class TrainConfig:
     valid_users: Optional[int] = 200  # seeded validation subset decoded after each epoch; null: all
     selection_k: int = 10  # the best epoch maximises validation NDCG@selection_k
     eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
+    test_users: Optional[int] = None  # a seeded subset of the test split; null: all users
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # logs in RUN/checkpoints/runs/
+
+
+@dataclass
+class AnalysisConfig:
+    pruning_users: Optional[int] = 200  # seeded test users for `bearrec run`'s pruning analysis; 0: skip
+    ks: list[int] = field(default_factory=lambda: [5, 10])  # PR@K cut-offs
 
 
 @dataclass
@@ -139,6 +145,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -270,20 +277,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that a killed process never leaves a half-written file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(config: Any, run_dir: str | Path) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bearrec.config import DecodeConfig, atomic_write_text
+from bearrec.atomic import atomic_write_text
+from bearrec.config import DecodeConfig
 from bearrec.data.catalogue import Example
 from bearrec.data.encode import Encoder
 from bearrec.decoding import beam_search

@@ -7,14 +7,12 @@ models with a BPE tokenizer trained on the dataset's own text, and LoRA through 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from bearrec.atomic import atomic_directory
 from bearrec.config import LoraConfig, ModelConfig, TinyModelConfig
 from bearrec.errors import BearrecError
 
@@ -91,21 +89,12 @@ def build_tiny(cfg: TinyModelConfig, texts: Iterable[str], seed: int = 0):
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     """Save model + tokenizer atomically; mark bearrec-trained tokenizers for `load_tokenizer`."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if getattr(tokenizer, "bearrec_trained", False):
             (tmp / "bearrec_tokenizer").write_text("load with PreTrainedTokenizerFast\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 # ---- the packaged SmolLM2-135M -------------------------------------------------------------

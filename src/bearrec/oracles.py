@@ -15,9 +15,9 @@ from bearrec.trie import TitleTrie
 class DictTrie:
     """Nested dicts over the same paths: the structure peers' code uses for prefix_allowed_tokens_fn."""
 
-    def __init__(self, trie: TitleTrie):
+    def __init__(self, paths):
         self.root: dict = {}
-        for path in set(trie.item_paths.values()):
+        for path in paths:
             node = self.root
             for tok in path:
                 node = node.setdefault(tok, {})
@@ -28,14 +28,14 @@ class DictTrie:
             node = node.get(tok)
             if node is None:
                 return []
-        return list(node)
+        return sorted(node)
 
 
 @torch.no_grad()
 def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                    constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0) -> list[Ranked]:
     """`generate` one prompt at a time (no padding). Placeholder / off-trie sequences are dropped."""
-    dict_trie = DictTrie(trie)
+    dict_trie = DictTrie(set(trie.item_paths.values()))
     eos = trie.eos_token_id
     max_new = max(len(p) for p in trie.item_paths.values()) + 1
     results = []

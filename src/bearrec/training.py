@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from bearrec.config import Config, atomic_write_text, save_config
+from bearrec.atomic import atomic_write_text
+from bearrec.config import Config, save_config
 from bearrec.data.encode import EncodedExample, Encoder
 from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
 from bearrec.losses import LOSS_PARTS, Allowed, condition_metrics, validate
@@ -196,14 +197,21 @@ def train(cfg: Config, resume: bool = False) -> Path:
                           callbacks=[selection] if selection else [])
     if selection:
         selection.trainer = trainer
-    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
+    result = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
+    if trainer.accelerator.is_main_process:
+        runtime = result.metrics.get("train_runtime", 0.0)
+        atomic_write_text(run_dir / "train_metrics.json", json.dumps({
+            "train_runtime_s": runtime, "seconds_per_epoch": runtime / t.epochs, "resumed": bool(resume),
+            "num_train_examples": len(train_set), "global_steps": result.global_step,
+            "train_loss": result.training_loss}, indent=2) + "\n")
     if selection is None and trainer.accelerator.is_main_process:
         save_pretrained(trainer.accelerator.unwrap_model(trainer.model), encoder.tokenizer, run_dir / "model")
     if cfg.train.eval_test:
         best = trainer.accelerator.unwrap_model(trainer.model)
         if selection is not None:
             best = _load_exported(run_dir / "model", cfg)
-        preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test)
+        test_idx = seeded_subset(len(dataset.test), t.test_users, cfg.seed)
+        preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test, test_idx)
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)

@@ -23,7 +23,7 @@ def test_yaml_into_typed_dataclasses(tmp_path):
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("colour: red\n", "unknown key 'colour'; valid keys here: seed, output_dir, data, prompt, model, decode, loss, train"),
+    ("colour: red\n", "unknown key 'colour'; valid keys here: seed, output_dir, data, prompt, model, decode, loss, train, analysis"),
     ("data:\n  nmae: office\n", "unknown key 'data.nmae'; valid keys here: name, data_dir"),
     ("data:\n  prepare: {kcore: 3}\n", "unknown key 'data.prepare.kcore'"),
     ("seed: '7'\n", "seed: expected int, got '7'"),

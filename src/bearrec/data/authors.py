@@ -12,11 +12,9 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from bearrec.atomic import atomic_directory
 from bearrec.data.catalogue import Catalogue, Dataset, Example
 from bearrec.errors import DataError
 
@@ -211,10 +209,7 @@ def write_examples(path: Path, examples: list[Example]) -> None:
 def write_authors_dir(out_dir: str | Path, catalogue: Catalogue, splits: dict[str, list[Example]],
                       extra_files: dict[str, str] = {}) -> Path:
     """Write a dataset folder atomically: everything goes to a temporary sibling, then one rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         (tmp / TITLES_FILE).write_text(
             json.dumps({str(k): v for k, v in sorted(catalogue.titles.items())}, ensure_ascii=False, indent=1),
             encoding="utf-8")
@@ -222,15 +217,4 @@ def write_authors_dir(out_dir: str | Path, catalogue: Catalogue, splits: dict[st
             write_examples(tmp / f"{split}.csv", rows)
         for fname, text in extra_files.items():
             (tmp / fname).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from bearrec.atomic import atomic_directory
 from bearrec.config import DataConfig, to_dict
 from bearrec.data.authors import TITLES_FILE, load_authors_dir
 from bearrec.data.catalogue import Catalogue, Dataset
@@ -91,17 +90,9 @@ def download(name: str, data_dir: str | None = None, fetch: Callable[[str], byte
         if actual != expected:
             raise DataError(url, f"checksum mismatch: git blob sha1 {actual}, expected {expected}; nothing written")
         files[fname] = content
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}."))
-    try:
+    with atomic_directory(dest) as tmp:
         for fname, content in files.items():
             (tmp / fname).write_bytes(content)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

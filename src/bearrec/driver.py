@@ -1,0 +1,155 @@
+"""`bearrec run`: one experiment end to end, resumable.
+
+Steps: train (epoch selection on validation, test decoded with the chosen checkpoint), pruning
+analysis on a seeded test subset, then `report.md`, `metrics.json` and plots in the run directory.
+`run.json` records the config hash and the finished steps: re-running a finished step is skipped,
+a crashed run resumes from its last checkpoint, and a run directory holding another config is an
+error rather than a silent mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from bearrec.atomic import atomic_write_text
+from bearrec.config import Config, to_dict
+from bearrec.errors import ConfigError
+
+
+def config_hash(cfg: Config) -> str:
+    data = to_dict(cfg)
+    data.pop("output_dir")
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _load_state(run_dir: Path, digest: str) -> dict:
+    path = run_dir / "run.json"
+    if not path.exists():
+        return {"config_hash": digest, "done": []}
+    state = json.loads(path.read_text())
+    if state.get("config_hash") != digest:
+        raise ConfigError(f"{run_dir} holds a run of another config (hash {state.get('config_hash')}, this one "
+                          f"{digest}); choose another output_dir")
+    return state
+
+
+def _mark(run_dir: Path, state: dict, step: str) -> None:
+    state["done"] = sorted(set(state["done"]) | {step})
+    atomic_write_text(run_dir / "run.json", json.dumps(state, indent=2) + "\n")
+
+
+def run(cfg: Config, progress: bool = True) -> Path:
+    from bearrec.training import _has_checkpoint, check_config, train
+
+    check_config(cfg)
+    run_dir = Path(cfg.output_dir)
+    state = _load_state(run_dir, config_hash(cfg))
+    if "train" not in state["done"]:
+        train(cfg, resume=_has_checkpoint(run_dir))
+        _mark(run_dir, state, "train")
+    if cfg.analysis.pruning_users != 0 and "pruning" not in state["done"]:
+        _pruning(cfg, run_dir, progress)
+        _mark(run_dir, state, "pruning")
+    write_report(cfg, run_dir)
+    return run_dir
+
+
+def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
+    from bearrec.analysis import analyze, plot_pruning, write_pruning
+    from bearrec.data import load_dataset
+    from bearrec.data.encode import Encoder
+    from bearrec.data.prompts import PromptTemplate
+    from bearrec.evaluation import Recommender, seeded_subset
+    from bearrec.modeling import load_tokenizer
+    from bearrec.training import _load_exported
+
+    dataset = load_dataset(cfg.data)
+    model = _load_exported(run_dir / "model", cfg)
+    encoder = Encoder(load_tokenizer(run_dir / "model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
+                      dataset.catalogue)
+    indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users, cfg.seed)
+    result = analyze(Recommender(model, encoder, cfg.decode), dataset.test, indices, ks=cfg.analysis.ks,
+                     progress=progress)
+    write_pruning(run_dir / "pruning-test", result)
+    plot_pruning({run_dir.name: result}, run_dir / "pruning-test" / "pruning.png", ks=cfg.analysis.ks)
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_report(cfg: Config, run_dir: Path) -> dict:
+    """`metrics.json` (everything measured) and `report.md` (the same, readable), plus the
+    validation curve `valid_curve.png`."""
+    test = _read(run_dir / "eval-test" / "metrics.json")
+    selection = _read(run_dir / "selection.json")
+    timing = _read(run_dir / "train_metrics.json")
+    pruning = _read(run_dir / "pruning-test" / "pruning.json")
+    if pruning:
+        pruning = {k: v for k, v in pruning.items() if k != "users"}
+    summary = {"config_hash": config_hash(cfg), "dataset": cfg.data.name, "model": cfg.model.name_or_path,
+               "loss": to_dict(cfg.loss), "seed": cfg.seed, "test": test, "selection": selection,
+               "training": timing, "pruning": pruning}
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    if selection and selection["epochs"]:
+        _plot_curve(selection, run_dir / "valid_curve.png")
+    atomic_write_text(run_dir / "report.md", _markdown(summary, run_dir))
+    return summary
+
+
+def _plot_curve(selection: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = next(k for k in selection["epochs"][0] if k.startswith("valid_ndcg"))
+    epochs = sorted(selection["epochs"], key=lambda e: e["epoch"])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([e["epoch"] for e in epochs], [e[key] for e in epochs], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _markdown(s: dict, run_dir: Path) -> str:
+    loss = s["loss"]
+    lines = [f"# Run `{run_dir.name}`", "",
+             f"- dataset: `{s['dataset']}`; model: `{s['model']}`; seed {s['seed']}; config hash `{s['config_hash']}`",
+             f"- loss: `{loss['name']}`" + (f" (base {loss['bear']['base']}, B={loss['bear']['num_beams']}, "
+                                           f"lam={loss['bear']['lam']}, xi={loss['bear']['xi']}, "
+                                           f"form {loss['bear']['form']})" if loss["name"] == "bear" else ""), ""]
+    test = s["test"]
+    if test:
+        keys = list(test["item"])
+        lines += [f"## Test ({test['num_users']} users, B={test['num_beams']}, "
+                  f"constrained softmax {test['constrained_softmax']}, length penalty {test['length_penalty']})", "",
+                  "| level | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for level in ("item", "title"):
+            lines.append(f"| {level} | " + " | ".join(f"{test[level][k]:.4f}" for k in keys) + " |")
+        lines.append("")
+    sel = s["selection"]
+    if sel and sel["epochs"]:
+        key = next(k for k in sel["epochs"][0] if k.startswith("valid_ndcg"))
+        lines += [f"## Validation (epoch chosen: {sel['best']['epoch']})", "", f"| epoch | {key} |", "|---|---|"]
+        lines += [f"| {e['epoch']} | {e[key]:.4f} |" for e in sorted(sel["epochs"], key=lambda e: e["epoch"])]
+        lines += ["", "![validation curve](valid_curve.png)", ""]
+    if s["training"]:
+        t = s["training"]
+        lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, "
+                  f"{t['seconds_per_epoch']:.1f} s per epoch" + (" (resumed: this session only)" if t["resumed"] else ""), ""]
+    p = s["pruning"]
+    if p:
+        lines += [f"## Pruning ({p['num_users']} test users)", "", "| K | eligible | pruned | PR@K | violating |",
+                  "|---|---|---|---|---|"]
+        for key in (k for k in p if k.startswith("PR@")):
+            r = p[key]
+            rate = "n/a" if r["rate"] is None else f"{r['rate']:.3f}"
+            share = "n/a" if r["violation_share"] is None else f"{r['violation_share']:.3f}"
+            lines.append(f"| {key[3:]} | {r['eligible']} | {r['pruned']} | {rate} | {share} |")
+        lines += ["", "![pruning](pruning-test/pruning.png)", ""]
+    return "\n".join(lines) + "\n"
