@@ -19,10 +19,12 @@ test: setup
 	$(BIN)/python -m pytest tests
 
 run: setup
-	$(BIN)/bearrec data inspect movielens-1m
+	$(BIN)/bearrec run --config configs/quickstart.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/trie_build.py
+	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/loss_overhead.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -3,8 +3,9 @@ full-sequence logits and dense (tokens x vocab) masks (the authors' code path).
 
 Identical batches and models: (a) SmolLM2-135M with LoRA (r 8, q/v) on MovieLens-1M prompts and
 (b) a tiny Qwen2 with a 151,936-token vocabulary on Office prompts. One training step = forward,
-loss, backward, AdamW step. Each variant runs in a fresh process, so its peak resident memory
-(CPU; peak allocated on GPU) is its own. Prints medians, ratios, and last
+loss, backward, AdamW step. Times: all variants in one process, alternating step by step, medians.
+Memory: each variant in a fresh process, so its peak resident memory (CPU; peak allocated on GPU)
+is its own. Prints medians, ratios, and last
 `RESULT bear_over_msl_step_time <ratio on (a)>`.
 
     python benchmarks/loss_overhead.py [--steps 6] [--batch-size 4]
@@ -71,61 +72,92 @@ def naive_msl(model, enc, batch):
     return torch.nn.functional.cross_entropy(masked, batch["targets"])
 
 
-def run_variant(which, variant, steps, batch_size, queue):
+def train_step(model, opt, enc, batch, variant):
     import torch
 
     from bearrec.config import BearConfig, LossConfig
     from bearrec.losses import LOSSES, Allowed
 
+    t = time.perf_counter()
+    if variant == "naive_msl":
+        loss = naive_msl(model, enc, batch)
+    else:
+        cfg = LossConfig(name=variant, bear=BearConfig(lam=0.25, xi=2.75))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
+        logits = out.logits[batch["resp_rows"], batch["resp_cols"]]
+        allowed = Allowed.from_trie(enc.trie, batch["nodes"])
+        loss = LOSSES[variant](logits, batch["targets"], allowed, cfg)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, loss.item()
+
+
+def _prepared(which, batch_size):
+    import torch
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model, enc, batch = setup(which, batch_size)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    cfg = LossConfig(name=variant if variant != "naive_msl" else "msl", bear=BearConfig(lam=0.25, xi=2.75))
-    cuda = torch.cuda.is_available()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    return model, opt, enc, batch
+
+
+def peak_memory(which, variant, steps, batch_size, queue):
+    """In a fresh process: resident memory after loading, and the peak over `steps` steps."""
+    import torch
+
+    model, opt, enc, batch = _prepared(which, batch_size)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for _ in range(steps):
-        t = time.perf_counter()
-        if variant == "naive_msl":
-            loss = naive_msl(model, enc, batch)
-        else:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
-            logits = out.logits[batch["resp_rows"], batch["resp_cols"]]
-            allowed = Allowed.from_trie(enc.trie, batch["nodes"])
-            loss = LOSSES[variant](logits, batch["targets"], allowed, cfg)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    queue.put((statistics.median(times[1:]), peak, base_rss * 1024, loss.item()))
+        _, loss = train_step(model, opt, enc, batch, variant)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put((peak, base, loss))
+
+
+def interleaved_times(which, steps, batch_size, queue):
+    """One process, the variants alternating step by step (order rotated each round), so that
+    machine noise and drift hit all of them alike."""
+    model, opt, enc, batch = _prepared(which, batch_size)
+    times = {v: [] for v in VARIANTS}
+    for r in range(steps + 1):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+        for variant in order:
+            t, _ = train_step(model, opt, enc, batch, variant)
+            if r:  # round 0 warms up
+                times[variant].append(t)
+    queue.put({v: statistics.median(ts) for v, ts in times.items()})
+
+
+def _in_process(target, *args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
 
 
 def measure(which, steps, batch_size):
-    ctx = mp.get_context("spawn")
-    results = {}
-    for variant in VARIANTS:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=run_variant, args=(which, variant, steps, batch_size, queue))
-        proc.start()
-        results[variant] = queue.get()
-        proc.join()
-        t, peak, base, loss = results[variant]
-        print(f"{which} {variant:>9}: median step {t:.3f} s, peak memory {peak / 2**20:.0f} MiB "
+    times = _in_process(interleaved_times, which, steps, batch_size)
+    memory = {v: _in_process(peak_memory, which, v, 3, batch_size) for v in VARIANTS}
+    for v in VARIANTS:
+        peak, base, loss = memory[v]
+        print(f"{which} {v:>9}: median step {times[v]:.3f} s, peak memory {peak / 2**20:.0f} MiB "
               f"(after loading {base / 2**20:.0f} MiB), loss {loss:.4f}")
-    msl_t, msl_m = results["msl"][0], results["msl"][1]
-    for variant in ("sft", "bear", "naive_msl"):
-        print(f"{which} {variant}/msl: time {results[variant][0] / msl_t:.3f}, peak memory {results[variant][1] / msl_m:.3f}")
-    return results
+    for v in ("sft", "bear", "naive_msl"):
+        print(f"{which} {v}/msl: time {times[v] / times['msl']:.3f}, peak memory {memory[v][0] / memory['msl'][0]:.3f}")
+    return {v: (times[v], memory[v][0]) for v in VARIANTS}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=4)
     args = ap.parse_args()
     measure("tiny-151k", args.steps, args.batch_size)

@@ -14,7 +14,6 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bearrec.config import Config, save_config
 from bearrec.data.encode import EncodedExample, Encoder
 from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
 from bearrec.losses import LOSS_PARTS, Allowed, condition_metrics, validate
+from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
 
 
@@ -123,9 +123,9 @@ class EpochSelection(TrainerCallback):
                                   progress=False)
         unwrapped.train(was_training)
         k = min(self.cfg.train.selection_k, self.cfg.decode.num_beams)
-        score = summary_ndcg(preds, k)
-        entry = {"epoch": epoch, "step": state.global_step, f"valid_ndcg@{k}": score,
-                 "valid_hr@{}".format(k): sum(p["rank"] is not None and p["rank"] < k for p in preds) / len(preds)}
+        at_k = summarize([p["rank"] for p in preds], [k])
+        score = at_k[f"NDCG@{k}"]
+        entry = {"epoch": epoch, "step": state.global_step, f"valid_ndcg@{k}": score, f"valid_hr@{k}": at_k[f"HR@{k}"]}
         trainer.log({f"valid_ndcg@{k}": score, "epoch": float(epoch)})
         if trainer.accelerator.is_main_process:
             self.record["epochs"] = [e for e in self.record["epochs"] if e["epoch"] != epoch] + [entry]
@@ -136,10 +136,6 @@ class EpochSelection(TrainerCallback):
             write_outputs(self.run_dir / f"eval-valid-epoch-{epoch}", preds, metrics)
             atomic_write_text(self.path, json.dumps(self.record, indent=2) + "\n")
         trainer.accelerator.wait_for_everyone()
-
-
-def summary_ndcg(preds: list[dict], k: int) -> float:
-    return sum(1 / math.log2(p["rank"] + 2) for p in preds if p["rank"] is not None and p["rank"] < k) / len(preds)
 
 
 def check_config(cfg: Config) -> None:
