@@ -95,14 +95,14 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     for i, rec in tqdm(list(zip(indices, recs)), desc="scoring every title", disable=not progress):
         example = examples[i]
         prompt = enc.prompt_ids(example.history)
-        scores = score_all_titles(model, trie, prompt, decode.constrained_softmax)
         path = tuple(enc.target_ids(example.target))
-        target_node = trie.node_of(path)
-        target_score = scores[target_node]
-        rank = sum(s > target_score for s in scores.values())
         pruned = example.target not in {item for items in rec.items for item in items}
-        violation = violates_condition(model, trie, prompt, path, decode.num_beams, decode.constrained_softmax) \
-            if pruned else None
+        with recommender.autocast():
+            scores = score_all_titles(model, trie, prompt, decode.constrained_softmax)
+            violation = violates_condition(model, trie, prompt, path, decode.num_beams,
+                                           decode.constrained_softmax) if pruned else None
+        target_score = scores[trie.node_of(path)]
+        rank = sum(s > target_score for s in scores.values())
         users.append({"index": i, "overall_rank": rank, "pruned": pruned, "violation": violation})
     return summarize_pruning(users, ks, decode)
 

@@ -40,7 +40,7 @@ class Recommender:
         self.pad_token_id = encoder.tokenizer.pad_token_id or 0
         self._titles = {node: encoder.catalogue.title(items[0]) for node, items in encoder.trie.terminal_items.items()}
 
-    def _autocast(self):
+    def autocast(self):
         if self.decode.autocast == "bfloat16":
             return torch.autocast("cuda" if next(self.model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16)
         return nullcontext()
@@ -51,7 +51,7 @@ class Recommender:
         out: list[Recommendation | None] = [None] * len(prompts)
         bs = self.decode.batch_size
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-        with self._autocast():
+        with self.autocast():
             for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
                 ranked = beam_search(self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams,
                                      constrained_softmax=self.decode.constrained_softmax,
