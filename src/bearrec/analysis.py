@@ -136,9 +136,14 @@ def plot_pruning(results: dict[str, dict], path: str | Path, ks=(5, 10)) -> None
         xs = [i + j * width for i in range(len(ks))]
         axes[0].bar(xs, [r[f"PR@{k}"]["rate"] or 0 for k in ks], width, label=name)
         axes[1].bar(xs, [r[f"PR@{k}"]["violation_share"] or 0 for k in ks], width, label=name)
+        for x, k in zip(xs, ks):  # the counts behind each bar; n/a where nothing was eligible
+            cell = r[f"PR@{k}"]
+            axes[0].text(x, (cell["rate"] or 0) + 0.02, f"{cell['pruned']}/{cell['eligible']}", ha="center", fontsize=7)
+            viol = "n/a" if cell["violation_share"] is None else f"{cell['violation_share']:.2f}"
+            axes[1].text(x, (cell["violation_share"] or 0) + 0.02, viol, ha="center", fontsize=7)
     for ax, title in zip(axes, ("pruning rate PR@K", "pruned that violate the condition")):
         ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(ks))], [f"K={k}" for k in ks])
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.12)
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
