@@ -110,7 +110,7 @@ def cmd_evaluate(args) -> int:
 
     cfg, dataset, recommender = _inference_setup(args)
     examples = dataset.split(args.split)
-    indices = seeded_subset(len(examples), args.limit, cfg.seed)
+    indices = seeded_subset(len(examples), args.limit)
     preds, metrics = evaluate(recommender, examples, indices)
     metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
     from bearrec.evaluation import distributed_state
@@ -177,7 +177,7 @@ def cmd_analyze_pruning(args) -> int:
         args_one = argparse.Namespace(**{**vars(args), "model": model})
         cfg, dataset, recommender = _inference_setup(args_one)
         examples = dataset.split(args.split)
-        indices = seeded_subset(len(examples), args.limit, cfg.seed)
+        indices = seeded_subset(len(examples), args.limit)
         result = analyze(recommender, examples, indices)
         result.update(split=args.split, dataset=dataset.name, model=model)
         run = Path(model)
@@ -204,6 +204,21 @@ def cmd_run(args) -> int:
 
         print(format_table(json.loads(test.read_text())))
     print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bearrec.atomic import atomic_write_text
+    from bearrec.report import compare, to_csv, to_markdown
+
+    result = compare(args.runs, bootstrap_samples=args.bootstrap)
+    table = to_markdown(result)
+    print(table, end="")
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out.with_suffix(".md"), table)
+        atomic_write_text(out.with_suffix(".csv"), to_csv(result))
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
     return 0
 
 
@@ -267,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="one table across runs (mean +- std over seeds, paired bootstrap)")
+    p.add_argument("runs", nargs="+", help="run directories (bearrec run / train)")
+    p.add_argument("--out", help="write OUT.md and OUT.csv")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")

@@ -69,7 +69,7 @@ def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     model = _load_exported(run_dir / "model", cfg)
     encoder = Encoder(load_tokenizer(run_dir / "model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
                       dataset.catalogue)
-    indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users, cfg.seed)
+    indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users)
     result = analyze(Recommender(model, encoder, cfg.decode), dataset.test, indices, ks=cfg.analysis.ks,
                      progress=progress)
     write_pruning(run_dir / "pruning-test", result)

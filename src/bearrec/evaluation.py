@@ -69,7 +69,12 @@ def distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
+SUBSET_SEED = 0  # every subset (train sample, validation and test users) is the same for all runs and seeds
+
+
+def seeded_subset(n: int, limit: int | None, seed: int = SUBSET_SEED) -> list[int]:
+    """Sorted indices of a fixed random subset of `limit` out of `n` (all when limit is None).
+    The default seed is shared by every run, so runs can be compared user by user."""
     if limit is None or limit >= n:
         return list(range(n))
     if limit < 1:

@@ -175,9 +175,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
     dataset = load_dataset(cfg.data)  # data errors before any model is loaded
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
-    train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples, cfg.seed)]
+    train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
-    valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users, cfg.seed)
+    valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
     args = TrainingArguments(
@@ -206,7 +206,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         best = trainer.accelerator.unwrap_model(trainer.model)
         if selection is not None:
             best = _load_exported(run_dir / "model", cfg)
-        test_idx = seeded_subset(len(dataset.test), t.test_users, cfg.seed)
+        test_idx = seeded_subset(len(dataset.test), t.test_users)
         preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test, test_idx)
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
