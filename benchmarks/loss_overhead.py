@@ -32,7 +32,7 @@ def setup(which: str, batch_size: int):
     from bearrec.data.encode import Encoder
     from bearrec.data.prompts import PromptTemplate
     from bearrec.data.registry import load_dataset
-    from bearrec.modeling import apply_lora, build_tiny_model, load_model, train_bpe_tokenizer
+    from bearrec.modeling import build_tiny_model, load_model, train_bpe_tokenizer
     from bearrec.training import Collator, TrainingSet
 
     if which == "smollm2":

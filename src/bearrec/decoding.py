@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from bearrec import prefix_attention
 from bearrec.trie import TitleTrie

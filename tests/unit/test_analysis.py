@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning, violates_condition
+from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning
 from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
 from bearrec.data.catalogue import Catalogue, Example
 from bearrec.data.encode import Encoder
