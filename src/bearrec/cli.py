@@ -222,6 +222,18 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from bearrec.sweep import sweep
+
+    result = sweep(args.config, args.grid, args.overrides)
+    for row in result["runs"]:
+        print(f"{row['params']}: valid NDCG@{row['k']} {row['valid_ndcg']}, test {row['test_ndcg']}  ({row['run']})")
+    chosen = result["chosen_on_validation"]
+    if chosen:
+        print(f"chosen on validation: {chosen['params']} (test NDCG@{chosen['k']} {chosen['test_ndcg']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bearrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid of runs, chosen on validation, one plot per parameter")
+    p.add_argument("--config", help="a YAML config")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                   help="a swept setting, e.g. bear.lam=0.1,0.25,0.5 (repeat for a grid)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compare", help="one table across runs (mean +- std over seeds, paired bootstrap)")
     p.add_argument("runs", nargs="+", help="run directories (bearrec run / train)")
