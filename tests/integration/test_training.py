@@ -166,10 +166,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     one = subprocess.run([sys.executable, "-m", "bearrec", "train", *common, "train.batch_size=4",
                           f"output_dir={tmp_path / 'one'}"], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "bearrec", "train", *common, "train.batch_size=2", f"output_dir={tmp_path / 'two'}"],
-                         env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-2000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "bearrec", "train", *common, "train.batch_size=2", f"output_dir={tmp_path / 'two'}"]
+    two = subprocess.run(launch, env=env, capture_output=True, text=True)
+    if two.returncode != 0 and "bearrec" not in two.stdout:  # the launcher itself failed (e.g. a port race)
+        two = subprocess.run(launch, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, f"weights differ by up to {worst}"
