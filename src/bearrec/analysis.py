@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bearrec import prefix_attention
 from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
-from bearrec.decoding import _Scorer
+from bearrec.decoding import _Prefilled
 from bearrec.evaluation import Recommender
 from bearrec.losses import log_beta
 from bearrec.trie import TitleTrie
@@ -28,42 +27,25 @@ from bearrec.trie import TitleTrie
 
 @torch.no_grad()
 def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool = True) -> dict[int, float]:
-    """{terminal node: sum of token log-probs of its path} for every title in the trie."""
-    scorer = _Scorer(model, constrained_softmax)
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    state, cache = scorer.forward(ids, mask, torch.arange(len(prompt))[None], None)
-    shared = prefix_attention.supports(model)
-    if shared:
-        cache = prefix_attention.SharedPrefixCache(cache, mask)
-        with prefix_attention.active(model, cache):
-            return _score_levels(scorer, trie, cache, state, len(prompt), mask, True)
-    return _score_levels(scorer, trie, cache, state, len(prompt), mask, False)
-
-
-def _score_levels(scorer, trie, cache, state, prompt_len, prompt_mask, shared):
-    nodes, scores = torch.zeros(1, dtype=torch.long), torch.zeros(1)
+    """{terminal node: sum of token log-probs of its path} for every title in the trie: the trie
+    is walked level by level, one forward per internal node, every node a row of one prompt."""
+    run = _Prefilled(model, [prompt], constrained_softmax, pad_token_id=0, shared_prefix=None)
+    nodes, scores, state = torch.zeros(1, dtype=torch.long), torch.zeros(1), run.state
     out: dict[int, float] = {}
     depth = 0
-    while len(nodes):
-        counts, toks, children = trie.children(nodes)
-        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        child_scores = scores[rows] + scorer.child_log_probs(state, rows, toks, counts)
-        ends = toks == trie.eos_token_id
-        out.update(zip(children[ends].tolist(), child_scores[ends].tolist()))
-        go = ~ends
-        if not bool(go.any()):
-            break
-        parent, nodes, scores = rows[go], children[go], child_scores[go]
-        cache.reorder_cache(parent)
-        depth += 1
-        if shared:
-            cache.set_beams(torch.zeros(len(nodes), dtype=torch.long))
-            attn = torch.zeros((len(nodes), 1, 1, 1))
-        else:
-            attn = torch.ones((len(nodes), prompt_len + depth), dtype=torch.long)
-        pos = torch.full((len(nodes), 1), prompt_len + depth - 1)
-        state, cache = scorer.forward(toks[go][:, None], attn, pos, cache)
+    with run.attention():
+        while len(nodes):
+            counts, toks, children = trie.children(nodes)
+            rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+            child_scores = scores[rows] + run.scorer.child_log_probs(state, rows, toks, counts)
+            ends = toks == trie.eos_token_id
+            out.update(zip(children[ends].tolist(), child_scores[ends].tolist()))
+            go = ~ends
+            if not bool(go.any()):
+                break
+            nodes, scores = children[go], child_scores[go]
+            depth += 1
+            state = run.advance(rows[go], torch.zeros(len(nodes), dtype=torch.long), toks[go], depth)
     return out
 
 

@@ -20,6 +20,7 @@ under `constrained_softmax` the LM head is computed only for the tokens some bea
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +100,47 @@ def _segment_log_softmax(values: torch.Tensor, rows: torch.Tensor, counts: torch
     return values - torch.logsumexp(padded, dim=1)[rows]
 
 
+class _Prefilled:
+    """Prompts prefilled once (left padding) and the cache their continuations extend: the shared-
+    prefix cache where the architecture allows, else Hugging Face's. `advance` feeds one token to
+    each live row; rows are reordered from their parents first."""
+
+    def __init__(self, model, prompts: list[list[int]], constrained_softmax: bool, pad_token_id: int,
+                 shared_prefix: bool | None):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        self.model, self.scorer = model, _Scorer(model, constrained_softmax)
+        n, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+        self.prompt_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding
+            input_ids[i, width - len(p):] = torch.as_tensor(p)
+            self.prompt_mask[i, width - len(p):] = 1
+        self.prompt_len = self.prompt_mask.sum(1)
+        positions = (self.prompt_mask.cumsum(1) - 1).clamp(min=0)
+        self.state, self.cache = self.scorer.forward(input_ids, self.prompt_mask, positions, None)
+        self.shared = prefix_attention.supports(model) if shared_prefix is None else shared_prefix
+        if self.shared:
+            self.cache = prefix_attention.SharedPrefixCache(self.cache, self.prompt_mask)
+
+    def attention(self):
+        """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""
+        return prefix_attention.active(self.model, self.cache) if self.shared else nullcontext()
+
+    def advance(self, parent: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Rows `parent` (of the previous rows) each take `tokens`; `step` tokens generated so far,
+        this one included. Returns the new last-position states."""
+        self.cache.reorder_cache(parent)
+        if self.shared:
+            self.cache.set_beams(row_prompt)
+            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
+        else:
+            attn = torch.cat([self.prompt_mask[row_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
+        pos = (self.prompt_len[row_prompt] + step - 1)[:, None]
+        self.state, self.cache = self.scorer.forward(tokens[:, None], attn, pos, self.cache)
+        return self.state
+
+
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
@@ -109,30 +151,13 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
     the architecture supports it."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    scorer = _Scorer(model, constrained_softmax)
-    n, B, eos = len(prompts), num_beams, trie.eos_token_id
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    prompt_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding
-        input_ids[i, width - len(p):] = torch.as_tensor(p)
-        prompt_mask[i, width - len(p):] = 1
-    prompt_len = prompt_mask.sum(1)
-    positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-    state, cache = scorer.forward(input_ids, prompt_mask, positions, None)
-    if shared_prefix is None:
-        shared_prefix = prefix_attention.supports(model)
-    if shared_prefix:
-        cache = prefix_attention.SharedPrefixCache(cache, prompt_mask)
-        with prefix_attention.active(model, cache):
-            return _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, True)
-    return _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, False)
+    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
+    with run.attention():
+        return _decode_loop(run, trie, num_beams, length_penalty)
 
 
-def _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, length_penalty, shared):
-    n = len(prompt_len)
+def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float) -> list[Ranked]:
+    n, eos, scorer, state = len(run.prompt_len), trie.eos_token_id, run.scorer, run.state
 
     # live beams, grouped by prompt and in rank order within a prompt
     beam_prompt = torch.arange(n)
@@ -186,13 +211,6 @@ def _decode_loop(scorer, trie, cache, state, prompt_mask, prompt_len, B, eos, le
         beam_prompt, beam_node, beam_score = sel_p, children[cand], top_scores[sel_p, sel_j]
         new_tok = toks[cand]
         beam_tokens = torch.cat([beam_tokens[parent], new_tok[:, None]], dim=1)
-        cache.reorder_cache(parent)  # cache rows are aligned with the live beams
         step += 1
-        if shared:
-            cache.set_beams(beam_prompt)
-            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
-        else:
-            attn = torch.cat([prompt_mask[beam_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
-        pos = (prompt_len[beam_prompt] + step - 1)[:, None]
-        state, cache = scorer.forward(new_tok[:, None], attn, pos, cache)
+        state = run.advance(parent, beam_prompt, new_tok, step)  # cache rows follow the live beams
     return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in finished]
