@@ -225,9 +225,10 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from bearrec.sweep import sweep
 
-    result = sweep(args.config, args.grid, args.overrides)
-    for row in result["runs"]:
-        print(f"{row['params']}: valid NDCG@{row['k']} {row['valid_ndcg']}, test {row['test_ndcg']}  ({row['run']})")
+    result = sweep(args.config, args.grid, args.overrides, jobs=args.jobs)
+    for row in result["settings"]:
+        seeds = f" (mean of {row['seeds']} seeds)" if row["seeds"] > 1 else ""
+        print(f"{row['params']}: valid NDCG@{row['k']} {row['valid_ndcg']}, test {row['test_ndcg']}{seeds}")
     chosen = result["chosen_on_validation"]
     if chosen:
         print(f"chosen on validation: {chosen['params']} (test NDCG@{chosen['k']} {chosen['test_ndcg']})")
@@ -298,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a grid of runs, chosen on validation, one plot per parameter")
     p.add_argument("--config", help="a YAML config")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
-                   help="a swept setting, e.g. bear.lam=0.1,0.25,0.5 (repeat for a grid)")
+                   help="a swept setting, e.g. bear.lam=0.1,0.25,0.5 (repeat for a grid); seed=0,1,2 repeats "
+                        "every setting and averages over the seeds")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     p.set_defaults(func=cmd_sweep)
 

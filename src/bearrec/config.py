@@ -34,7 +34,10 @@ class DataConfig:
     name: str = "movielens-1m"  # office|book|toy|clothing|movielens-1m|movielens-100k or a folder
     data_dir: Optional[str] = None  # where named Amazon datasets live (else $BEARREC_DATA_DIR, cache)
     train_file: str = "auto"  # auto: train_10000.csv when present (the paper's sample), else train.csv
-    valid_fraction: float = 1 / 9  # carved chronologically from train when no valid.csv exists
+    valid_fraction: float = 1 / 9  # validation size as a share of the training rows (when no valid.csv)
+    # auto: held_out when training on a sample beside train.csv (the latest rows of train.csv outside the
+    # sample, so all of the sample trains), else carve (the latest rows of the training file itself)
+    validation: Literal["auto", "held_out", "carve"] = "auto"
     on_empty_title: Literal["error", "drop"] = "error"
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
 

@@ -36,6 +36,9 @@ class Recommender:
             raise ValueError(f"decode.num_beams must be >= 1, got {decode.num_beams}")
         if decode.batch_size < 1:
             raise ValueError(f"decode.batch_size must be >= 1, got {decode.batch_size}")
+        device = distributed_state().device  # this process's GPU when there is one, else the CPU
+        if next(model.parameters()).device != device:
+            model = model.to(device)
         self.model, self.encoder, self.decode = model.eval(), encoder, decode
         self.pad_token_id = encoder.tokenizer.pad_token_id or 0
         self._titles = {node: encoder.catalogue.title(items[0]) for node, items in encoder.trie.terminal_items.items()}

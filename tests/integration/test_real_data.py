@@ -22,8 +22,10 @@ def test_office_inspect(capsys, monkeypatch):
     monkeypatch.setenv("BEARREC_DATA_DIR", str(SHARED_DATA))
     stats = _inspect(capsys, "office")
     assert stats["num_items"] == 2414 and stats["num_test"] == 1925
-    assert stats["num_train"] + stats["num_valid"] == 10000 and stats["num_valid"] == 1111
-    assert stats["train_file"] == "train_10000.csv" and stats["valid_source"].startswith("carved")
+    assert stats["num_train"] == 10000 and stats["num_valid"] == 1111  # held out of train.csv's other 5,400
+    assert stats["train_file"] == "train_10000.csv" and stats["valid_source"].startswith("held out")
+    carved = _inspect(capsys, "office", "data.validation=carve")
+    assert carved["num_train"] == 8889 and carved["valid_source"].startswith("carved")
     assert stats["num_duplicate_titles"] == 3 and stats["history_length"]["max"] == 10
     full = _inspect(capsys, "office", "--train-file", "train.csv", "--data-dir", str(SHARED_DATA))
     assert full["num_train"] + full["num_valid"] == 15400
@@ -38,7 +40,7 @@ def test_book_has_an_empty_title(capsys, monkeypatch):
     stats = _inspect(capsys, "book", "--on-empty-title", "drop")
     assert stats["num_items"] == 6343 and stats["num_test"] == 4383 and stats["num_duplicate_titles"] == 9
     assert stats["dropped_empty_title_items"] == [5746]
-    assert stats["num_train"] + stats["num_valid"] + stats["dropped_rows"] == 10000
+    assert stats["num_train"] == 9999 and stats["dropped_rows"] == 1 and stats["num_valid"] == 1111
 
 
 @needs_shared_data("Office")

@@ -48,3 +48,38 @@ def test_bad_grid_value_fails_before_training(tmp_path, capsys):
     assert main(argv) == 2
     assert "xi must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+def test_parallel_sweep_averages_seeds(tmp_path, capsys):
+    """--jobs 2 runs child processes; a seed key is repetition: settings hold the seed means and the
+    choice is made on them; a categorical parameter (loss name) still gets its plot."""
+    data = write_authors(tmp_path / "Shop")
+    root = tmp_path / "sw"
+    argv = ["sweep", "--grid", "name=sft,msl", "--grid", "seed=0,1", "--jobs", "2", f"data.name={data}",
+            "data.valid_fraction=0.25", f"output_dir={root}", *TINY, "train.epochs=1", "analysis.pruning_users=0"]
+    assert main(argv) == 0
+    result = json.loads((root / "sweep.json").read_text())
+    assert len(result["runs"]) == 4 and all((root / r["run"].rsplit("/", 1)[-1] / "run.log").exists()
+                                            for r in result["runs"])
+    settings = {s["params"]["loss.name"]: s for s in result["settings"]}
+    assert set(settings) == {"sft", "msl"} and all(s["seeds"] == 2 for s in settings.values())
+    for name, s in settings.items():
+        valids = [r["valid_ndcg"] for r in result["runs"] if r["params"]["loss.name"] == name]
+        assert s["valid_ndcg"] == pytest.approx(sum(valids) / 2)
+    assert result["chosen_on_validation"]["valid_ndcg"] == max(s["valid_ndcg"] for s in settings.values())
+    assert (root / "sweep-name.png").exists() and not (root / "sweep-seed.png").exists()
+    assert "mean of 2 seeds" in capsys.readouterr().out
+
+
+def test_failed_child_run_is_reported(tmp_path, capsys):
+    data = write_authors(tmp_path / "Shop")
+    root = tmp_path / "sw"
+    (root / "seed=1").mkdir(parents=True)
+    (root / "seed=1" / "run.json").write_text('{"config_hash": "another", "done": []}')  # refused by bearrec run
+    argv = ["sweep", "--grid", "seed=0,1", "--jobs", "2", f"data.name={data}", "data.valid_fraction=0.25",
+            f"output_dir={root}", *TINY, "train.epochs=1", "analysis.pruning_users=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 run(s) failed" in err and "seed=1" in err
+    assert "another config" in (root / "seed=1" / "run.log").read_text()
+    assert (root / "seed=0" / "metrics.json").exists()  # the other run finished

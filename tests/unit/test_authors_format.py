@@ -35,6 +35,36 @@ def test_carve_is_chronological_with_stable_ties():
         carve_validation(rows, 1.0)
 
 
+def _sample_beside_full(folder, sample_rows):
+    full = folder / "train.csv"
+    lines = full.read_text().splitlines()
+    (folder / "train_10000.csv").write_text("\n".join([lines[0], *(lines[1 + i] for i in sample_rows)]) + "\n")
+    return folder
+
+
+def test_validation_is_held_out_of_train_csv_when_training_on_a_sample(tmp_path):
+    # train.csv timestamps: 100 300 200 500 400 250 600 50 350; the sample takes rows 0..5 (6 rows)
+    folder = _sample_beside_full(write_authors(tmp_path / "D"), range(6))
+    ds = load_authors_dir(folder, valid_fraction=1 / 3)  # round(6 / 3) = 2 latest rows outside the sample
+    assert [e.timestamp for e in ds.train] == [100, 300, 200, 500, 400, 250]  # the whole sample trains
+    assert [e.timestamp for e in ds.valid] == [600, 350]  # rest: 600, 50, 350 -> the two latest, file order
+    assert ds.info["valid_source"].startswith("held out: the chronologically latest 2 rows of train.csv")
+    carved = load_authors_dir(folder, valid_fraction=1 / 3, validation="carve")
+    assert [e.timestamp for e in carved.valid] == [500, 400] and len(carved.train) == 4
+    big = load_authors_dir(folder, valid_fraction=0.9)  # more than the rest holds: all 3 of them
+    assert sorted(e.timestamp for e in big.valid) == [50, 350, 600]
+
+
+def test_held_out_validation_needs_train_csv(tmp_path):
+    folder = write_authors(tmp_path / "D")
+    (folder / "train.csv").rename(folder / "train_10000.csv")
+    with pytest.raises(DataError, match="validation=held_out needs train.csv"):
+        load_authors_dir(folder, validation="held_out")
+    assert load_authors_dir(folder).info["valid_source"].startswith("carved")  # auto falls back
+    with pytest.raises(ValueError, match="auto, held_out or carve"):
+        load_authors_dir(folder, validation="latest")
+
+
 def test_valid_csv_is_used_when_present(tmp_path):
     folder = write_authors(tmp_path / "D", valid=[("u3", [1, 2, 5], 650)])
     ds = load_authors_dir(folder)

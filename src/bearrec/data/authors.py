@@ -173,8 +173,21 @@ def _drop_empty_titles(titles: dict[int, str], splits: dict[str, list[Example]],
             "dropped_history_mentions": dropped_mentions}
 
 
+def held_out_validation(full: list[Example], sample: list[Example], fraction: float) -> list[Example]:
+    """The chronologically latest round(fraction * len(sample)) rows of `full` that are not in the
+    training `sample` (ties keep file order): validation without taking rows from the sample."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
+    in_sample = set(sample)
+    rest = [e for e in full if e not in in_sample]
+    n_valid = min(round(len(sample) * fraction), len(rest))
+    order = sorted(range(len(rest)), key=lambda i: rest[i].timestamp)
+    return [rest[i] for i in sorted(order[len(order) - n_valid:])] if n_valid else []
+
+
 def load_authors_dir(folder: str | Path, *, name: str | None = None, train_file: str = "auto",
-                     valid_fraction: float = 1 / 9, on_empty_title: str = "error") -> Dataset:
+                     valid_fraction: float = 1 / 9, on_empty_title: str = "error",
+                     validation: str = "auto") -> Dataset:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "dataset folder not found")
@@ -183,14 +196,26 @@ def load_authors_dir(folder: str | Path, *, name: str | None = None, train_file:
     if train_file == "auto":
         train_file = "train_10000.csv" if (folder / "train_10000.csv").exists() else "train.csv"
     splits = {"train": read_examples(folder / train_file, titles)}
+    if validation not in ("auto", "held_out", "carve"):
+        raise ValueError(f"data.validation must be auto, held_out or carve, got {validation!r}")
     has_valid = (folder / "valid.csv").exists()
     if has_valid:
         splits["valid"] = read_examples(folder / "valid.csv", titles, allow_empty=True)
+    elif validation != "carve" and train_file != "train.csv" and (folder / "train.csv").exists():
+        full = read_examples(folder / "train.csv", titles)
+        splits["valid"] = held_out_validation(full, splits["train"], valid_fraction)
+        info_valid = (f"held out: the chronologically latest {len(splits['valid'])} rows of train.csv that are not "
+                      f"in {train_file} (all of {train_file} is trained on)")
+    elif validation == "held_out":
+        raise DataError(folder / "train.csv", f"data.validation=held_out needs train.csv beside {train_file} to "
+                        "hold validation rows out of (use validation=carve)")
     splits["test"] = read_examples(folder / "test.csv", titles)
     info: dict = {"path": str(folder), "train_file": train_file}
     info.update(_drop_empty_titles(titles, splits, titles_path, on_empty_title))
     if has_valid:
         info["valid_source"] = "valid.csv"
+    elif "valid" in splits:
+        info["valid_source"] = info_valid
     else:
         splits["train"], splits["valid"] = carve_validation(splits["train"], valid_fraction)
         info["valid_source"] = (f"carved: the chronologically latest {valid_fraction:.4g} of {train_file} "

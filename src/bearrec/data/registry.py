@@ -110,7 +110,8 @@ def prepared_movielens_dir(cfg: DataConfig) -> Path:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """A named dataset or a folder (authors' format, or a raw source prepared in memory)."""
-    kw = dict(train_file=cfg.train_file, valid_fraction=cfg.valid_fraction, on_empty_title=cfg.on_empty_title)
+    kw = dict(train_file=cfg.train_file, valid_fraction=cfg.valid_fraction, on_empty_title=cfg.on_empty_title,
+              validation=cfg.validation)
     if cfg.name in AMAZON:
         root, origin = data_root(cfg.data_dir)
         folder = root / AMAZON[cfg.name]

@@ -1,0 +1,158 @@
+"""The reproduction experiments of docs/results.md: sft, msl, bear and the "violators" variant on the
+authors' datasets, several seeds each, lambda/xi of bear chosen on validation only.
+
+    python benchmarks/reproduce.py --datasets office,book --seeds 0,1,2,3,4 --jobs 12 --root runs/repro
+    python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
+
+Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml plus the method's overrides),
+`--jobs` at a time in child processes; a run that failed or was cut off is left out of the tables and
+named. The pruning analysis (every title scored, PR@K, violation share) runs for the seed given by
+--pruning-seed only (on --pruning-users test users, default all): it costs more than the training. Writes ROOT/summary.md,
+ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and ROOT/<dataset>/pruning.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bearrec.analysis import plot_pruning
+from bearrec.errors import BearrecError
+from bearrec.report import compare, to_csv, to_markdown
+from bearrec.sweep import run_parallel
+
+CONFIGS = {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml"}
+FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT decodes with HF's default
+         "msl": ["loss.name=msl"],
+         "violators": ["loss.name=bear", "loss.bear.form=violators", "loss.bear.lam=1", "loss.bear.xi=1"]}
+
+
+def method_overrides(bear_grid: list[tuple[str, str]]) -> dict[str, list[str]]:
+    methods = dict(FIXED)
+    for lam, xi in bear_grid:
+        methods[f"bear-lam{lam}-xi{xi}"] = ["loss.name=bear", f"loss.bear.lam={lam}", f"loss.bear.xi={xi}"]
+    return methods
+
+
+def plan(args) -> list[tuple[list[str], Path]]:
+    """(bearrec argv, run dir) for every run; the pruning seed first (its runs take longest), then
+    seed by seed so that a cut-off leaves whole seeds."""
+    methods = method_overrides(args.bear_grid)
+    seeds = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
+    runs = []
+    for seed in seeds:
+        for dataset in args.datasets:
+            for name, overrides in methods.items():
+                out = Path(args.root) / dataset / name / f"seed={seed}"
+                pruning = f"analysis.pruning_users={args.pruning_users if seed == args.pruning_seed else 0}"
+                runs.append((["run", "--config", CONFIGS[dataset], *overrides, f"seed={seed}", pruning,
+                              f"output_dir={out}", *args.overrides], out))
+    return runs
+
+
+def _finished(root: Path, dataset: str, method: str) -> list[Path]:
+    return sorted(p.parent for p in (root / dataset / method).glob("seed=*/metrics.json"))
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _valid_ndcg(run: Path) -> float | None:
+    best = (_metrics(run).get("selection") or {}).get("best") or {}
+    return next((v for k, v in best.items() if k.startswith("valid_ndcg")), None)
+
+
+def report(args) -> dict:
+    root = Path(args.root)
+    summary, lines = {}, ["# Reproduction summary", "", f"Root: `{root}`", ""]
+    for dataset in args.datasets:
+        names = sorted(p.name for p in (root / dataset).iterdir() if p.is_dir()) if (root / dataset).is_dir() else []
+        runs = {name: _finished(root, dataset, name) for name in names}
+        runs = {k: v for k, v in runs.items() if v}
+        if not runs:
+            continue
+        candidates = {k: v for k, v in runs.items() if k.startswith("bear-")}
+        selection = {k: {"seeds": len(v), "valid_ndcg@10": statistics.fmean(_valid_ndcg(r) or 0 for r in v),
+                         "test_ndcg@10": statistics.fmean(_metrics(r)["test"]["item"]["NDCG@10"] for r in v)}
+                     for k, v in candidates.items()}
+        chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
+        compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
+        table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap)
+        (root / dataset).mkdir(parents=True, exist_ok=True)
+        (root / dataset / "table.md").write_text(to_markdown(table))
+        (root / dataset / "table.csv").write_text(to_csv(table))
+        details, pruning = {}, {}
+        for name, members in compared.items():
+            timing = [_metrics(r)["training"]["seconds_per_epoch"] for r in members if _metrics(r).get("training")]
+            epochs = [((_metrics(r).get("selection") or {}).get("best") or {}).get("epoch") for r in members]
+            details[name] = {"seeds": [int(r.name.split("=")[1]) for r in members],
+                             "seconds_per_epoch": statistics.fmean(timing) if timing else None,
+                             "chosen_epochs": epochs}
+            pruned = next((r for r in members if (r / "pruning-test" / "pruning.json").exists()), None)
+            if pruned:
+                result = json.loads((pruned / "pruning-test" / "pruning.json").read_text())
+                pruning[name] = result
+                details[name]["pruning"] = {k: v for k, v in result.items() if k.startswith("PR@")}
+                details[name]["pruning"]["num_users"] = result["num_users"]
+                details[name]["pruning"]["run"] = str(pruned)
+        if pruning:
+            plot_pruning(pruning, root / dataset / "pruning.png", ks=sorted(
+                int(k[3:]) for k in next(iter(pruning.values())) if k.startswith("PR@")))
+        summary[dataset] = {"bear_candidates": selection, "chosen_on_validation": chosen, "methods": details}
+        lines += [f"## {dataset}", "", "bear lambda/xi candidates (mean over finished seeds; chosen on validation):", "",
+                  "| candidate | seeds | valid NDCG@10 | test NDCG@10 |", "|---|---|---|---|"]
+        lines += [f"| {k}{' (chosen)' if k == chosen else ''} | {v['seeds']} | {v['valid_ndcg@10']:.4f} | "
+                  f"{v['test_ndcg@10']:.4f} |" for k, v in selection.items()]
+        lines += ["", to_markdown(table), "| method | seeds | s/epoch | chosen epochs | PR@5 (eligible) | PR@10 "
+                  "(eligible) | violating share of pruned @10 |", "|---|---|---|---|---|---|---|"]
+        for name, d in details.items():
+            p = d.get("pruning", {})
+
+            def rate(k):
+                r = p.get(f"PR@{k}")
+                return "n/a" if not r or r["rate"] is None else f"{r['rate']:.3f} ({r['eligible']})"
+            share = (p.get("PR@10") or {}).get("violation_share")
+            lines.append(f"| {name} | {len(d['seeds'])} | {d['seconds_per_epoch'] or 0:.1f} | {d['chosen_epochs']} | "
+                         f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
+        lines.append("")
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="office,book", type=lambda s: s.split(","))
+    p.add_argument("--seeds", default="0,1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--bear-grid", default="0.25:2.75,1:1,4:0.25",
+                   type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
+                   help="lambda:xi candidates for bear (reference form), chosen on validation")
+    p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
+    p.add_argument("--pruning-users", default="null", help="test users analysed (a fixed seeded subset; "
+                   "default null: the whole split)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--root", default="runs/repro")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--report-only", action="store_true", help="only build the tables from finished runs")
+    p.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.epochs=1)")
+    args = p.parse_args(argv)
+    unknown = [d for d in args.datasets if d not in CONFIGS]
+    if unknown:
+        p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS)}")
+    if not args.report_only:
+        runs = plan(args)
+        try:
+            run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
+        except BearrecError as e:
+            print(f"warning: {e}", file=sys.stderr)
+    report(args)
+    print((Path(args.root) / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
