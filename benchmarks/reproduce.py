@@ -40,7 +40,8 @@ def method_overrides(bear_grid: list[tuple[str, str]]) -> dict[str, list[str]]:
 def plan(args) -> list[tuple[list[str], Path]]:
     """(bearrec argv, run dir) for every run; the pruning seed first (its runs take longest), then
     seed by seed so that a cut-off leaves whole seeds."""
-    methods = method_overrides(args.bear_grid)
+    methods = {k: v for k, v in method_overrides(args.bear_grid).items()
+               if not args.methods or k in args.methods or (k.startswith("bear-") and "bear" in args.methods)}
     seeds = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
     runs = []
     for seed in seeds:
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bear-grid", default="0.25:2.75,1:1,4:0.25",
                    type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
                    help="lambda:xi candidates for bear (reference form), chosen on validation")
+    p.add_argument("--methods", type=lambda s: s.split(","), help="a subset of sft,msl,bear,violators "
+                   "(default: all; bear means every --bear-grid candidate)")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
     p.add_argument("--pruning-users", default="null", help="test users analysed (a fixed seeded subset; "
                    "default null: the whole split)")

@@ -53,7 +53,8 @@ def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_soft
 def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[int, ...], num_beams: int,
                        constrained_softmax: bool = True) -> bool:
     """True when at some step the target token is below the B-th largest next-token probability."""
-    logits = model(torch.tensor([prompt + list(path[:-1])])).logits[0, len(prompt) - 1:].float()
+    ids = torch.tensor([prompt + list(path[:-1])], device=next(model.parameters()).device)
+    logits = model(ids).logits[0, len(prompt) - 1:].float().cpu()
     nodes = trie.walk(path)
     for t, tok in enumerate(path):
         row = logits[t]

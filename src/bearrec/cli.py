@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from bearrec.errors import BearrecError
+from bearrec.errors import BearrecError, ConfigError
 
 
 def _overrides(args, flags: dict[str, str]) -> list[str]:
@@ -94,8 +94,13 @@ def _inference_setup(args):
     config_path = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
     flags = {"data": "data.name", "data_dir": "data.data_dir", "num_beams": "decode.num_beams",
              "length_penalty": "decode.length_penalty", "batch_size": "decode.batch_size",
-             "constrained_softmax": "decode.constrained_softmax"}
-    cfg = load_config(config_path, _overrides(args, flags))
+             "constrained_softmax": "decode.constrained_softmax", "ghost_threshold": "decode.ghost_threshold"}
+    overrides = _overrides(args, flags)
+    if getattr(args, "decoding", None) == "d3":  # D3 (Bao et al. 2024): no length normalisation
+        if args.length_penalty not in (None, 0.0):
+            raise ConfigError(f"--decoding d3 means --length-penalty 0, not {args.length_penalty}")
+        overrides.append("decode.length_penalty=0")
+    cfg = load_config(config_path, overrides)
     model_path = run / "model" if (run / "model").is_dir() else args.model
     dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
     cfg.model.name_or_path = str(model_path)
@@ -117,8 +122,10 @@ def cmd_evaluate(args) -> int:
 
     state = distributed_state()
     if state.is_main_process:
-        out = Path(args.out or (Path(args.model) / f"eval-{args.split}" if (Path(args.model) / "config.yaml").exists()
-                                else Path("runs") / f"eval-{dataset.name}-{args.split}"))
+        suffix = "" if args.decoding == "hf" else f"-{args.decoding}"
+        out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
+                                if (Path(args.model) / "config.yaml").exists()
+                                else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
         write_outputs(out, preds, metrics)
         print(format_table(metrics))
         print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
@@ -280,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--num-beams", type=int, help="beam width B (default 10)")
         p.add_argument("--length-penalty", type=float, help="HF length penalty (default 1.0; D3: 0.0)")
         p.add_argument("--batch-size", type=int, help="users decoded together (default 8)")
+        p.add_argument("--decoding", choices=["hf", "d3"], default="hf",
+                       help="hf: the run's decode settings; d3: no length normalisation (Bao et al. 2024)")
+        p.add_argument("--ghost-threshold", type=float,
+                       help="tokens of probability >= this do not count in the normalising length (D3's ghost tokens)")
         p.add_argument("--constrained-softmax", action=argparse.BooleanOptionalAction, default=None,
                        help="softmax over trie-valid tokens (default) or the whole vocabulary")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")

@@ -88,6 +88,7 @@ class DecodeConfig:
     num_beams: int = 10  # B; B distinct catalogue items come back per user
     constrained_softmax: bool = True  # softmax over trie-valid tokens (MSL/BEAR) vs whole vocabulary (SFT)
     length_penalty: float = 1.0  # HF meaning: score = sum log-prob / length ** lp; D3 uses 0.0
+    ghost_threshold: Optional[float] = None  # tokens of probability >= it are not counted in that length
     batch_size: int = 8  # users decoded together
     autocast: Literal["none", "bfloat16"] = "none"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs above num_beams are skipped

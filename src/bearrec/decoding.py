@@ -7,6 +7,8 @@ length_penalty=lp, prefix_allowed_tokens_fn=<trie>, renormalize_logits=constrain
 - per prompt the top 2B (beam, token) candidates are ranked; an EOS candidate among the first B
   finishes a hypothesis scored `sum / generated_length ** lp` (EOS counted); the best B non-EOS
   candidates continue;
+- with `ghost_threshold`, tokens of probability >= it (D3's "ghost tokens") are left out of that
+  length (default: all count);
 - a prompt stops when its B finished slots are full and the best running beam, divided by the
   current length ** lp, cannot beat the worst finished one (Hugging Face's heuristic), or when no
   beam is left.
@@ -20,6 +22,7 @@ under `constrained_softmax` the LM head is computed only for the tokens some bea
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -144,19 +147,24 @@ class _Prefilled:
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
-                shared_prefix: bool | None = None) -> list[Ranked]:
+                shared_prefix: bool | None = None, ghost_threshold: float | None = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
-    the architecture supports it."""
+    the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
+    ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
+    (None: every token counts, Hugging Face's rule)."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
+        raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
     run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode_loop(run, trie, num_beams, length_penalty)
+        return _decode_loop(run, trie, num_beams, length_penalty, ghost_threshold)
 
 
-def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float) -> list[Ranked]:
+def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float,
+                 ghost_threshold: float | None = None) -> list[Ranked]:
     n, eos, scorer, state = len(run.prompt_len), trie.eos_token_id, run.scorer, run.state
 
     # live beams, grouped by prompt and in rank order within a prompt
@@ -164,13 +172,17 @@ def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float
     beam_node = torch.zeros(n, dtype=torch.long)
     beam_score = torch.zeros(n)
     beam_tokens = torch.zeros((n, 0), dtype=torch.long)
+    beam_len = torch.zeros(n)  # the length that normalises: all tokens, or the non-ghost ones
+    log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     finished: list[list[tuple[float, tuple[int, ...], int]]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool)
     step = 0
     while len(beam_prompt):
         counts, toks, children = trie.children(beam_node)
         rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        acc = beam_score[rows] + scorer.child_log_probs(state, rows, toks, counts)
+        step_lp = scorer.child_log_probs(state, rows, toks, counts)
+        acc = beam_score[rows] + step_lp
+        cand_len = beam_len[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
         cand_prompt = beam_prompt[rows]
         # per-prompt candidate lists in (beam rank, token) order, as HF's flattened beam * vocab index
         per_prompt = torch.bincount(cand_prompt, minlength=n)
@@ -183,19 +195,18 @@ def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float
         top_idx = (first[:, None] + top_slots).clamp(max=max(len(acc) - 1, 0))
         valid = torch.isfinite(top_scores)
         is_eos = valid & (toks[top_idx] == eos) if len(acc) else valid
-        gen_len = step + 1
-        norm = float(gen_len) ** length_penalty
+        norm = cand_len[top_idx].clamp(min=1.0) ** length_penalty if len(acc) else torch.ones_like(top_scores)
         rank = torch.arange(k)[None, :]
         finishing = is_eos & (rank < B)
         for p, j in finishing.nonzero().tolist():
             i = int(top_idx[p, j])
             r = int(rows[i])
-            entry = (float(top_scores[p, j]) / norm, (*beam_tokens[r].tolist(), eos), int(children[i]))
+            entry = (float(top_scores[p, j] / norm[p, j]), (*beam_tokens[r].tolist(), eos), int(children[i]))
             finished[p] = sorted(finished[p] + [entry], key=lambda e: -e[0])[:B]
         running = valid & ~is_eos
         running &= (running.cumsum(1) <= B)
         # Hugging Face's stopping heuristic, per prompt
-        best = torch.where(running, top_scores, torch.tensor(float("-inf"))).max(dim=1).values / norm
+        best = torch.where(running, top_scores / norm, torch.tensor(float("-inf"))).max(dim=1).values
         for p in range(n):
             if done[p]:
                 continue
@@ -209,6 +220,7 @@ def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float
         cand = top_idx[sel_p, sel_j]
         parent = rows[cand]
         beam_prompt, beam_node, beam_score = sel_p, children[cand], top_scores[sel_p, sel_j]
+        beam_len = cand_len[cand]
         new_tok = toks[cand]
         beam_tokens = torch.cat([beam_tokens[parent], new_tok[:, None]], dim=1)
         step += 1

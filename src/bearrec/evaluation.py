@@ -58,7 +58,8 @@ class Recommender:
             for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
                 ranked = beam_search(self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams,
                                      constrained_softmax=self.decode.constrained_softmax,
-                                     length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id)
+                                     length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id,
+                                     ghost_threshold=self.decode.ghost_threshold)
                 for i, r in zip(batch, ranked):
                     out[i] = Recommendation([self._titles[n] for n in r.nodes],
                                             [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
@@ -113,6 +114,7 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
     ks = [k for k in decode.ks if k <= decode.num_beams]
     return {"num_users": len(preds), "num_beams": decode.num_beams,
             "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty,
+            "ghost_threshold": decode.ghost_threshold,
             "item": summarize([p["rank"] for p in preds], ks),
             "title": summarize([p["title_rank"] for p in preds], ks)}
 

@@ -6,6 +6,8 @@ Slow on purpose; used by tests and `benchmarks/decode.py` (the baseline there is
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bearrec.decoding import Ranked
@@ -86,14 +88,16 @@ def _greedy_score(out, start: int, dict_trie: DictTrie, constrained: bool, lengt
 
 @torch.no_grad()
 def exhaustive_scores(model, trie: TitleTrie, prompt: list[int], *, constrained_softmax: bool = True,
-                      length_penalty: float = 1.0) -> dict[tuple[int, ...], float]:
-    """Teacher-forced score of every title path: sum of token log-probs / len(path) ** lp."""
+                      length_penalty: float = 1.0, ghost_threshold: float | None = None
+                      ) -> dict[tuple[int, ...], float]:
+    """Teacher-forced score of every title path: sum of token log-probs / length ** lp, the length
+    counting every token, or (`ghost_threshold`) those of probability below it (at least 1)."""
     paths = sorted(set(trie.item_paths.values()))
     scores = {}
     for path in paths:
         ids = torch.tensor([prompt + list(path[:-1])])
         logits = model(ids).logits[0, len(prompt) - 1:].float()
-        total = 0.0
+        total, length = 0.0, 0
         for t, tok in enumerate(path):
             row = logits[t]
             if constrained_softmax:
@@ -102,7 +106,8 @@ def exhaustive_scores(model, trie: TitleTrie, prompt: list[int], *, constrained_
             else:
                 lp = row.log_softmax(-1)[tok]
             total += float(lp)
-        scores[path] = total / len(path) ** length_penalty
+            length += ghost_threshold is None or math.exp(float(lp)) < ghost_threshold
+        scores[path] = total / max(length, 1) ** length_penalty
     return scores
 
 

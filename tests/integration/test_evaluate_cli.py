@@ -119,3 +119,26 @@ def test_analyze_pruning_cli(run_dir, tmp_path, capsys):
     result = json.loads((run_dir / "pruning-test" / "pruning.json").read_text())
     assert result["num_users"] == 2 and result["num_beams"] == 2 and len(result["users"]) == 2
     assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_d3_decoding_preset_and_ghost_threshold(run_dir, capsys):
+    """--decoding d3 is length penalty 0 (sum of log-probs) and goes to its own folder; the scores
+    are the direct decoder's with length_penalty=0; a contradicting --length-penalty is an error."""
+    assert main(["evaluate", "--model", str(run_dir), "--decoding", "d3"]) == 0
+    metrics = json.loads((run_dir / "eval-test-d3" / "metrics.json").read_text())
+    assert metrics["length_penalty"] == 0.0
+    preds = [json.loads(line) for line in (run_dir / "eval-test-d3" / "predictions.jsonl").read_text().splitlines()]
+    tok = load_tokenizer(run_dir / "model")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
+    ds = load_authors_dir(run_dir.parent / "Shop", valid_fraction=0.0)
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "Shop"), ds.catalogue)
+    direct = beam_search(model, enc.trie, [enc.prompt_ids(e.history) for e in ds.test], 3, length_penalty=0.0,
+                         pad_token_id=tok.pad_token_id)
+    assert [p["scores"] for p in preds] == [pytest.approx(r.scores, abs=1e-5) for r in direct]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run_dir), "--decoding", "d3", "--length-penalty", "1"]) == 2
+    assert "--decoding d3 means --length-penalty 0" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(run_dir), "--ghost-threshold", "1.5"]) == 2
+    assert "ghost_threshold must be in (0, 1]" in capsys.readouterr().err

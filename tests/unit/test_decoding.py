@@ -84,6 +84,26 @@ def test_wide_beam_equals_exhaustive_scoring(setup, constrained):
         assert len(ranked.paths) == num_titles  # every title, none twice, no placeholders
 
 
+@pytest.mark.parametrize("threshold, length_penalty", [(1.0, 1.0), (0.6, 2.0)])
+def test_ghost_tokens_left_out_of_the_length_equals_exhaustive_scoring(setup, threshold, length_penalty):
+    """D3's ghost tokens: with a threshold, tokens of probability >= it do not count in the length.
+    Under the constrained softmax a trie node with one child gives probability exactly 1."""
+    model, tok, enc, prompts = setup
+    num_titles = len(enc.trie)
+    changed = 0
+    for prompt in prompts[:6]:
+        (ranked,) = beam_search(model, enc.trie, [prompt], num_titles + 3, length_penalty=length_penalty,
+                                ghost_threshold=threshold, pad_token_id=tok.pad_token_id)
+        exact = exhaustive_scores(model, enc.trie, prompt, length_penalty=length_penalty, ghost_threshold=threshold)
+        order = sorted(exact, key=lambda p: -exact[p])
+        assert same_ranking(ranked, Ranked(order, [exact[p] for p in order], []))
+        plain = exhaustive_scores(model, enc.trie, prompt, length_penalty=length_penalty)
+        changed += sum(abs(plain[p] - exact[p]) > 1e-6 for p in exact)
+    assert changed > 0  # some titles do hold ghost tokens, so the setting is exercised
+    with pytest.raises(ValueError, match="ghost_threshold"):
+        beam_search(model, enc.trie, prompts[:1], 2, ghost_threshold=0.0)
+
+
 def test_batching_does_not_change_results(setup):
     model, tok, enc, prompts = setup
     together = beam_search(model, enc.trie, prompts[:12], 5, pad_token_id=tok.pad_token_id)
