@@ -96,7 +96,8 @@ class DecodeConfig:
 
 @dataclass
 class BearConfig:
-    """BEAR's regulariser (METHOD.md sections 3-4). Defaults: the paper's Toy setting."""
+    """BEAR's regulariser (METHOD.md sections 3-4). Defaults: the paper's Toy setting. `beam_sim`
+    (Objective 3.1) reads base, num_beams (B), lam and xi from here too."""
 
     base: Literal["msl", "sft"] = "msl"  # the authors' code uses MSL inside BEAR
     num_beams: int = 10  # B in the loss (hard-coded 10 in the authors' code)
@@ -107,7 +108,7 @@ class BearConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "bear"  # sft | msl | bear
+    name: str = "bear"  # sft | msl | bear | beam_sim
     tau: float = 1.0  # MSL softmax temperature
     bear: BearConfig = field(default_factory=BearConfig)
 

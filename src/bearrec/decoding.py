@@ -163,8 +163,22 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
         return _decode_loop(run, trie, num_beams, length_penalty, ghost_threshold)
 
 
+@torch.no_grad()
+def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
+                      constrained_softmax: bool = True, pad_token_id: int = 0) -> list[list[float]]:
+    """Per prompt, per step t = 1, 2, ...: the prefix log-probability of the candidate ranked B-th
+    at step t of the beam search (the score a length-t prefix must reach to stay in the top B);
+    -inf where fewer than B candidates exist. A prompt's list ends when its search stops. Used by
+    the `beam_sim` loss (the paper's Objective 3.1)."""
+    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
+    record: list[list[float]] = [[] for _ in prompts]
+    with run.attention():
+        _decode_loop(run, trie, num_beams, 1.0, record=record)
+    return record
+
+
 def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float,
-                 ghost_threshold: float | None = None) -> list[Ranked]:
+                 ghost_threshold: float | None = None, record: list[list[float]] | None = None) -> list[Ranked]:
     n, eos, scorer, state = len(run.prompt_len), trie.eos_token_id, run.scorer, run.state
 
     # live beams, grouped by prompt and in rank order within a prompt
@@ -194,6 +208,11 @@ def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float
         top_scores, top_slots = table.topk(k, dim=1)
         top_idx = (first[:, None] + top_slots).clamp(max=max(len(acc) - 1, 0))
         valid = torch.isfinite(top_scores)
+        if record is not None:
+            bth = top_scores[:, B - 1] if k >= B else torch.full((n,), float("-inf"))
+            for p in range(n):
+                if not done[p]:
+                    record[p].append(float(bth[p]))
         is_eos = valid & (toks[top_idx] == eos) if len(acc) else valid
         norm = cand_len[top_idx].clamp(min=1.0) ** length_penalty if len(acc) else torch.ones_like(top_scores)
         rank = torch.arange(k)[None, :]

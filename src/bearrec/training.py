@@ -24,7 +24,8 @@ from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, save_config
 from bearrec.data.encode import EncodedExample, Encoder
 from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
-from bearrec.losses import LOSS_PARTS, Allowed, condition_metrics, validate
+from bearrec.losses import LOSS_PARTS, Allowed, beam_sim_loss_parts, condition_metrics, validate
+from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
 
@@ -72,7 +73,8 @@ class Collator:
             nodes += f["nodes"]
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
                 "logits_to_keep": keep + 1, "resp_rows": torch.tensor(rows), "resp_cols": torch.tensor(cols),
-                "targets": torch.tensor(targets), "nodes": torch.tensor(nodes)}
+                "targets": torch.tensor(targets), "nodes": torch.tensor(nodes),
+                "prompts": [f["prompt_ids"] for f in features]}
 
 
 class BearTrainer(Trainer):
@@ -84,11 +86,17 @@ class BearTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
-        targets, nodes = inputs.pop("targets"), inputs.pop("nodes")
+        targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
+        thresholds = self._beam_thresholds(model, prompts) if self.loss_cfg.name == "beam_sim" else None
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[rows, cols]
         allowed = Allowed.from_trie(self.trie, nodes.cpu()).to(logits.device)
-        num, den = LOSS_PARTS[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
+        if thresholds is not None:
+            lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
+            num, den = beam_sim_loss_parts(logits, targets, allowed, self.loss_cfg, lengths,
+                                           align_thresholds(thresholds, lengths).to(logits.device))
+        else:
+            num, den = LOSS_PARTS[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
         world = self.accelerator.num_processes
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
             den = self.accelerator.reduce(den.detach(), reduction="sum") / world
@@ -96,6 +104,21 @@ class BearTrainer(Trainer):
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:
             self._condition.append(condition_metrics(logits.detach(), targets, allowed, self.loss_cfg.bear.num_beams))
         return (loss, outputs) if return_outputs else loss
+
+    def _beam_thresholds(self, model, prompts: list[list[int]]) -> list[list[float]]:
+        """beam_sim: the B-th beam's prefix log-probability per step, from the fast decoder (no
+        gradient, eval mode) with the softmax of the base loss."""
+        from bearrec.decoding import prefix_thresholds
+
+        b = self.loss_cfg.bear
+        unwrapped = self.accelerator.unwrap_model(model)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            return prefix_thresholds(unwrapped, self.trie, prompts, b.num_beams, constrained_softmax=b.base == "msl",
+                                     pad_token_id=self.data_collator.pad_token_id)
+        finally:
+            unwrapped.train(was_training)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._condition and "loss" in logs:

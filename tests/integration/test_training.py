@@ -2,6 +2,7 @@
 loss going down, epoch selection on validation, resume, and bad configs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -99,6 +100,23 @@ def test_loss_goes_down(tmp_path):
     assert len(losses) == 30
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
     assert not (run / "selection.json").exists() and (run / "model" / "config.json").exists()
+
+
+def _first_losses(run) -> list[float]:
+    last = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [h["loss"] for h in json.loads((last / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+
+
+def test_beam_sim_trains_and_reduces_to_its_base_at_lambda_zero(tmp_path):
+    """beam_sim decodes every batch (no gradient) for its thresholds: with lam=0 it is exactly the
+    msl run; with lam>0 the regulariser changes the loss from the first step and training still works."""
+    data = write_authors(tmp_path / "Shop")
+    common = ["train.epochs=2", "train.eval_test=false", "data.valid_fraction=0.0", "loss.bear.num_beams=2"]
+    msl = _first_losses(train(_cfg(data, tmp_path / "msl", "loss.name=msl", *common)))
+    zero = _first_losses(train(_cfg(data, tmp_path / "zero", "loss.name=beam_sim", "loss.bear.lam=0", *common)))
+    reg = _first_losses(train(_cfg(data, tmp_path / "reg", "loss.name=beam_sim", "loss.bear.lam=2", *common)))
+    assert zero == pytest.approx(msl, abs=1e-6)
+    assert reg[0] != pytest.approx(msl[0], abs=1e-4) and all(map(math.isfinite, reg))
 
 
 def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The decoder against two independent oracles: Hugging Face generate with a trie
 prefix_allowed_tokens_fn, and exhaustive teacher-forced scoring of every title."""
 
+import math
 import random
 
 import pytest
@@ -169,3 +170,43 @@ def test_shared_prefix_with_grouped_query_attention(setup):
     kw = dict(pad_token_id=tok.pad_token_id)
     _assert_all_same(beam_search(model, enc.trie, prompts[:16], 4, shared_prefix=True, **kw),
                      hf_beam_search(model, enc.trie, prompts[:16], 4, **kw))
+
+
+def _slow_thresholds(model, trie, prompt, B, constrained=True):
+    """Independent slow beam search (one forward per beam per step, HF rules with length penalty 1):
+    the B-th candidate score of every step until the search stops."""
+    paths = sorted(set(trie.item_paths.values()))
+    eos = trie.eos_token_id
+    beams, finished, out, step = [((), 0.0)], [], [], 0
+    while beams:
+        cands = []
+        for prefix, score in beams:
+            nxt = sorted({p[len(prefix)] for p in paths if p[:len(prefix)] == prefix and len(p) > len(prefix)})
+            row = model(torch.tensor([prompt + list(prefix)])).logits[0, -1].float()
+            lp = row[nxt] - torch.logsumexp(row[nxt], 0) if constrained else row.log_softmax(-1)[nxt]
+            cands += [(score + float(v), prefix + (t,)) for t, v in zip(nxt, lp)]
+        cands.sort(key=lambda c: -c[0])
+        top = cands[:2 * B]
+        out.append(top[B - 1][0] if len(top) >= B else float("-inf"))
+        step += 1
+        for rank, (score, path) in enumerate(top):
+            if path[-1] == eos and rank < B:
+                finished = sorted(finished + [score / step], reverse=True)[:B]
+        beams = [(path, score) for score, path in top if path[-1] != eos][:B]
+        best = max((s for _, s in beams), default=float("-inf")) / step
+        if not beams or (len(finished) == B and best <= finished[-1]):
+            break
+    return out
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_prefix_thresholds_match_a_slow_beam_search(setup, num_beams):
+    from bearrec.decoding import prefix_thresholds
+
+    model, tok, enc, prompts = setup
+    fast = prefix_thresholds(model, enc.trie, prompts[:8], num_beams, pad_token_id=tok.pad_token_id)
+    for prompt, got in zip(prompts[:8], fast):
+        with torch.no_grad():
+            want = _slow_thresholds(model, enc.trie, prompt, num_beams)
+        assert len(got) == len(want) and got == pytest.approx(want, abs=1e-4)
+    assert any(math.isfinite(v) for row in fast for v in row)

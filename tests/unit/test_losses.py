@@ -161,3 +161,39 @@ def test_bad_shapes():
         msl_loss(logits[:3], targets[:3], allowed)
     with pytest.raises(ValueError, match="needs the allowed token sets"):
         bear_loss(logits, targets, None)
+
+
+# ---- beam_sim (Objective 3.1) -----------------------------------------------------------------
+def test_beam_sim_value_and_gradient_by_hand():
+    """Two examples (2 and 1 tokens). log p = [-1, -0.5 | -2]; prefixes L = [-1, -1.5 | -2];
+    thresholds theta = [-1.2, -inf | -1]; lam 0.5, xi 2. Active terms: log sigmoid((-1.2 + 1) / 2)
+    and log sigmoid((-1 + 2) / 2); the -inf step contributes 0. Loss = (3.5 + 0.5 * sum) / 3."""
+    from bearrec.losses import beam_sim_parts
+
+    log_p = torch.tensor([-1.0, -0.5, -2.0], requires_grad=True)
+    theta = torch.tensor([-1.2, float("-inf"), -1.0])
+    num, den = beam_sim_parts(log_p, [2, 1], theta, lam=0.5, xi=2.0)
+    ls = math.log(1 / (1 + math.exp(0.1))) + math.log(1 / (1 + math.exp(-0.5)))
+    assert float(num / den) == pytest.approx((3.5 + 0.5 * ls) / 3, abs=1e-6) and float(den) == 3
+    (num / den).backward()
+    # d/dL log sigmoid((theta - L)/xi) = -(1 - sigmoid(z)) / xi, z = (theta - L)/xi; L_t sums log p_<=t
+    g1 = -(1 - 1 / (1 + math.exp(0.1))) / 2  # token 1 is in prefix 1 (active) and prefix 2 (inactive)
+    g3 = -(1 - 1 / (1 + math.exp(-0.5))) / 2
+    assert log_p.grad.tolist() == pytest.approx([(-1 + 0.5 * g1) / 3, -1 / 3, (-1 + 0.5 * g3) / 3], abs=1e-6)
+
+
+def test_beam_sim_without_constraints_is_the_base_loss():
+    from bearrec.losses import beam_sim_parts
+
+    log_p = torch.tensor([-0.3, -0.7, -1.1])
+    num, den = beam_sim_parts(log_p, [1, 2], torch.full((3,), float("-inf")), lam=3.0, xi=1.0)
+    assert float(num / den) == pytest.approx(2.1 / 3)
+    with pytest.raises(ValueError, match="must agree"):
+        beam_sim_parts(log_p, [1, 1], torch.zeros(3), lam=1.0, xi=1.0)
+
+
+def test_align_thresholds_pads_unreached_steps():
+    from bearrec.losses.beam_sim import align_thresholds
+
+    out = align_thresholds([[-1.0, -2.0, -3.0], [-0.5]], [2, 3])
+    assert out[:3].tolist() == [-1.0, -2.0, -0.5] and torch.isinf(out[3:]).all()

@@ -10,6 +10,7 @@ import torch
 from bearrec.config import LossConfig
 from bearrec.losses.allowed import Allowed, log_beta, log_probs
 from bearrec.losses.base import msl_loss, sft_loss
+from bearrec.losses.beam_sim import beam_sim_parts
 from bearrec.losses.bear import FORMS, BearTerms, bear_from_terms, bear_loss, bear_parts, bear_terms
 
 def _mean_ce_parts(logits, targets, allowed, tau):
@@ -31,6 +32,16 @@ LOSS_PARTS = {
 }
 
 
+def beam_sim_loss_parts(logits, targets, allowed, cfg, lengths: list[int], thresholds: torch.Tensor):
+    """`beam_sim` (needs the decoder's per-step thresholds, so it is not in LOSS_PARTS)."""
+    b = cfg.bear
+    lp, _ = log_probs(logits, targets, allowed if b.base == "msl" else None, cfg.tau if b.base == "msl" else 1.0)
+    return beam_sim_parts(lp, lengths, thresholds, lam=b.lam, xi=b.xi)
+
+
+NAMES = (*LOSS_PARTS, "beam_sim")
+
+
 def _ratio(parts):
     num, den = parts
     return num / den if float(den) > 0 else num * 0.0
@@ -40,8 +51,8 @@ LOSSES = {name: (lambda fn: lambda *args: _ratio(fn(*args)))(fn) for name, fn in
 
 
 def validate(cfg: LossConfig) -> None:
-    if cfg.name not in LOSSES:
-        raise ValueError(f"loss.name {cfg.name!r} unknown; choose one of {', '.join(LOSSES)}")
+    if cfg.name not in NAMES:
+        raise ValueError(f"loss.name {cfg.name!r} unknown; choose one of {', '.join(NAMES)}")
     if cfg.tau <= 0:
         raise ValueError(f"loss.tau must be > 0, got {cfg.tau}")
     b = cfg.bear
@@ -66,5 +77,6 @@ def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allo
             "mean_margin": float(margin[finite].mean()) if bool(finite.any()) else 0.0}
 
 
-__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "bear_parts", "bear_from_terms", "bear_loss", "bear_terms",
+__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "NAMES", "beam_sim_loss_parts", "beam_sim_parts",
+           "bear_parts", "bear_from_terms", "bear_loss", "bear_terms",
            "condition_metrics", "log_beta", "log_probs", "msl_loss", "sft_loss", "validate"]

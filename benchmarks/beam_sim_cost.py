@@ -1,0 +1,95 @@
+"""Training cost of `beam_sim` (the paper's Objective 3.1: a constrained beam search per training
+instance) against sft, msl and bear, on the model and batches of configs/office-tiny.yaml.
+
+One process; the variants alternate step by step (order rotated each round) on the same batches,
+so machine noise hits all alike. A step = (for beam_sim: the no-gradient decode of the batch's
+prompts for the per-step B-th beam) + forward + loss + backward + AdamW step. Prints the median
+step time per variant, the projected seconds per epoch (steps per epoch of the config), the ratios
+to sft, and `RESULT beam_sim_over_sft_step_time <ratio>` (the paper: 4.45x-4.70x SFT per epoch).
+
+    python benchmarks/beam_sim_cost.py [--rounds 6] [--config configs/office-tiny.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+VARIANTS = ("sft", "msl", "bear", "beam_sim")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/office-tiny.yaml")
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+
+    import torch
+
+    from bearrec.config import load_config
+    from bearrec.data import load_dataset
+    from bearrec.decoding import prefix_thresholds
+    from bearrec.losses import LOSS_PARTS, Allowed, beam_sim_loss_parts
+    from bearrec.losses.beam_sim import align_thresholds
+    from bearrec.training import Collator, TrainingSet, build_encoder_and_model
+
+    cfg = load_config(args.config, [])
+    dataset = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    encoder, model = build_encoder_and_model(cfg, dataset)
+    bs = cfg.train.batch_size
+    train_set = TrainingSet(encoder.encode_all(dataset.train[: bs * (args.rounds + 1)]), encoder)
+    collate = Collator(encoder.tokenizer.pad_token_id)
+    batches = [collate([train_set[i] for i in range(r * bs, (r + 1) * bs)]) for r in range(args.rounds + 1)]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.bf16 else torch.autocast("cpu", enabled=False)
+
+    def step(variant: str, batch: dict) -> float:
+        t = time.perf_counter()
+        loss_cfg = cfg.loss
+        loss_cfg.name = variant
+        thresholds = None
+        if variant == "beam_sim":
+            model.eval()
+            with autocast:
+                thresholds = prefix_thresholds(model, encoder.trie, batch["prompts"], loss_cfg.bear.num_beams,
+                                               pad_token_id=encoder.tokenizer.pad_token_id)
+            model.train()
+        with autocast:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
+            logits = out.logits[batch["resp_rows"], batch["resp_cols"]]
+            allowed = Allowed.from_trie(encoder.trie, batch["nodes"])
+            if thresholds is not None:
+                lengths = torch.bincount(batch["resp_rows"], minlength=len(batch["prompts"])).tolist()
+                num, den = beam_sim_loss_parts(logits, batch["targets"], allowed, loss_cfg, lengths,
+                                               align_thresholds(thresholds, lengths))
+            else:
+                num, den = LOSS_PARTS[variant](logits, batch["targets"], allowed, loss_cfg)
+        (num / den).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    times = {v: [] for v in VARIANTS}
+    for r, batch in enumerate(batches):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+        for variant in order:
+            t = step(variant, batch)
+            if r:  # round 0 warms up
+                times[variant].append(t)
+    steps_per_epoch = math.ceil(len(dataset.train) / (bs * cfg.train.grad_accum))
+    median = {v: statistics.median(ts) for v, ts in times.items()}
+    print(f"{args.config}: batch {bs}, {steps_per_epoch} steps per epoch, {args.rounds} timed rounds, "
+          f"{torch.get_num_threads()} threads")
+    for v in VARIANTS:
+        print(f"{v:>9}: median step {median[v]:.3f} s, projected {median[v] * steps_per_epoch:.0f} s/epoch, "
+              f"{median[v] / median['sft']:.2f}x sft")
+    print(f"RESULT beam_sim_over_sft_step_time {median['beam_sim'] / median['sft']:.2f}")
+    print(f"RESULT beam_sim_over_bear_step_time {median['beam_sim'] / median['bear']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
