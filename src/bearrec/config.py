@@ -107,10 +107,20 @@ class BearConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """dpo / sdpo / sdpo_bear (`bearrec.losses.preference`): start from an SFT checkpoint."""
+
+    beta: float = 1.0  # DPO's beta
+    num_negatives: int = 3  # N sampled negatives per example for sdpo / sdpo_bear (dpo uses 1)
+    negatives_seed: int = 0  # uniform sampling over the catalogue, seeded per example
+
+
+@dataclass
 class LossConfig:
-    name: str = "bear"  # sft | msl | bear | beam_sim
+    name: str = "bear"  # sft | msl | bear | beam_sim | dpo | sdpo | sdpo_bear
     tau: float = 1.0  # MSL softmax temperature
     bear: BearConfig = field(default_factory=BearConfig)
+    pref: PreferenceConfig = field(default_factory=PreferenceConfig)
 
 
 @dataclass

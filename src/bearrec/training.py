@@ -21,10 +21,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, save_config
+from bearrec.config import Config, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder
-from bearrec.evaluation import Recommender, evaluate, seeded_subset, write_outputs
-from bearrec.losses import LOSS_PARTS, Allowed, beam_sim_loss_parts, condition_metrics, validate
+from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
+from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_loss_parts, condition_metrics,
+                            preference_loss_parts, validate)
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
@@ -87,11 +88,14 @@ class BearTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
         targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
+        reference, _ = inputs.pop("reference", None), inputs.pop("group_size", None)
         thresholds = self._beam_thresholds(model, prompts) if self.loss_cfg.name == "beam_sim" else None
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[rows, cols]
         allowed = Allowed.from_trie(self.trie, nodes.cpu()).to(logits.device)
-        if thresholds is not None:
+        if reference is not None:
+            num, den = preference_loss_parts(logits, targets, allowed, self.loss_cfg, rows, reference)
+        elif thresholds is not None:
             lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
             num, den = beam_sim_loss_parts(logits, targets, allowed, self.loss_cfg, lengths,
                                            align_thresholds(thresholds, lengths).to(logits.device))
@@ -200,6 +204,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
     encoder, model = build_encoder_and_model(cfg, dataset)
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
+    collator = Collator(encoder.tokenizer.pad_token_id)
+    if cfg.loss.name in PREFERENCE_LOSSES:
+        train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
@@ -212,7 +219,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         dataloader_num_workers=0, disable_tqdm=False)
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
-                          data_collator=Collator(encoder.tokenizer.pad_token_id), trie=encoder.trie, loss_cfg=cfg.loss,
+                          data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
                           callbacks=[selection] if selection else [])
     if selection:
         selection.trainer = trainer
@@ -235,6 +242,23 @@ def train(cfg: Config, resume: bool = False) -> Path:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)
     return run_dir
+
+
+def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator):
+    """dpo / sdpo / sdpo_bear: negatives per example and the starting model's reference log-probs."""
+    from bearrec.preference import PreferenceCollator, PreferenceSet, reference_log_probs, sample_negatives
+
+    pref = cfg.loss.pref
+    n = 1 if cfg.loss.name == "dpo" else pref.num_negatives
+    negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
+    data = PreferenceSet(train_set, encoder, negatives)
+    collator = PreferenceCollator(collator)
+    key = {"model": cfg.model.name_or_path, "data": to_dict(cfg.data), "n": n, "seed": pref.negatives_seed,
+           "examples": len(train_rows), "max_train_examples": cfg.train.max_train_examples}
+    model.to(distributed_state().device)
+    data.reference = reference_log_probs(model, data, collator, run_dir / "reference_logps.pt", key,
+                                         batch_size=cfg.train.batch_size)
+    return data, collator
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

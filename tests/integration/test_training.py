@@ -149,7 +149,8 @@ def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("loss.name=dpo", "loss.name 'dpo' unknown"), ("loss.bear.num_beams=0", "num_beams (B) must be >= 1"),
+    ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "num_beams (B) must be >= 1"),
+    ("loss.pref.beta=0", "loss.pref.beta must be > 0"), ("loss.pref.num_negatives=0", "num_negatives must be >= 1"),
     ("loss.bear.xi=0", "xi must be > 0"), ("train.epochs=0", "train.epochs must be >= 1"),
     ("model.lora.enabled=true", "trained from scratch"),
 ])
@@ -194,3 +195,55 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4, f"weights differ by up to {worst}"
+
+
+@pytest.mark.parametrize("name, negatives", [("dpo", 1), ("sdpo", 3), ("sdpo_bear", 3)])
+def test_preference_losses_start_from_sft_with_cached_reference(tmp_path, name, negatives):
+    """Started from an SFT checkpoint, the policy equals the reference at the first step, so the
+    first loss is log(1 + N) for dpo/sdpo (r = 0); the reference log-probs are cached on disk and
+    equal the starting model's sequence log-probs computed one sequence at a time."""
+    from transformers import AutoModelForCausalLM
+
+    from bearrec.modeling import load_tokenizer
+
+    data = write_authors(tmp_path / "Shop")
+    sft = train(_cfg(data, tmp_path / "sft", "loss.name=sft", "train.epochs=1", "train.eval_test=false",
+                     "data.valid_fraction=0.0"))
+    run = train(_cfg(data, tmp_path / name, f"loss.name={name}", f"model.name_or_path={sft / 'model'}",
+                     "loss.pref.num_negatives=3", "loss.bear.num_beams=2", "loss.bear.lam=1", "train.epochs=1",
+                     "train.eval_test=false", "data.valid_fraction=0.0", "train.learning_rate=1e-3"))
+    first = _first_losses(run)[0]
+    if name != "sdpo_bear":
+        assert first == pytest.approx(math.log(1 + negatives), abs=1e-3)
+    else:
+        assert first != pytest.approx(math.log(1 + negatives), abs=1e-3)  # the BEAR term is on
+    cached = torch.load(run / "reference_logps.pt")["values"]
+    ds = load_authors_dir(data, valid_fraction=0.0)
+    assert cached.shape == (len(ds.train), 1 + negatives)
+    # independent check of one group: teacher forcing each sequence alone with the SFT weights
+    from bearrec.data.encode import Encoder
+    from bearrec.data.prompts import PromptTemplate
+    from bearrec.config import PromptConfig
+    from bearrec.preference import sample_negatives
+
+    tok = load_tokenizer(sft / "model")
+    model = AutoModelForCausalLM.from_pretrained(sft / "model").eval()
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "Shop"), ds.catalogue)
+    negs = sample_negatives([e.target for e in ds.train], enc, negatives, 0)
+    example = ds.train[2]
+    prompt = enc.prompt_ids(example.history)
+    with torch.no_grad():
+        for j, item in enumerate([example.target, *negs[2]]):
+            target = enc.target_ids(item)
+            lp = model(torch.tensor([prompt + target])).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+            assert float(cached[2, j]) == pytest.approx(float(lp[range(len(target)), target].sum()), abs=1e-4)
+    assert all(ds.catalogue.title(n) != ds.catalogue.title(e.target) for e, group in zip(ds.train, negs) for n in group)
+
+
+def test_too_many_negatives_is_a_clear_error(tmp_path, capsys):
+    data = write_authors(tmp_path / "Shop")  # 5 distinct titles
+    argv = ["train", f"data.name={data}", f"output_dir={tmp_path / 'run'}", *TINY, "loss.name=sdpo",
+            "loss.pref.num_negatives=5", "data.valid_fraction=0.0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "num_negatives (5) must be below the number of distinct titles (5)" in err and "Traceback" not in err

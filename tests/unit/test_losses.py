@@ -197,3 +197,46 @@ def test_align_thresholds_pads_unreached_steps():
 
     out = align_thresholds([[-1.0, -2.0, -3.0], [-0.5]], [2, 3])
     assert out[:3].tolist() == [-1.0, -2.0, -0.5] and torch.isinf(out[3:]).all()
+
+
+# ---- DPO / S-DPO / S-DPO + BEAR ----------------------------------------------------------------
+def test_sdpo_by_hand_and_dpo_as_one_negative():
+    from bearrec.losses.preference import sdpo_per_example
+
+    policy, ref = torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -1.5, -2.5]])
+    # r = 0.5 * (policy - ref) = [0.25, -0.25, -0.25]; log sum_j exp(r_j - r_0) = -0.5 + log 2
+    assert float(sdpo_per_example(policy, ref, 0.5)[0]) == pytest.approx(math.log(1 + math.exp(math.log(2) - 0.5)))
+    # one negative: -log sigmoid(r_0 - r_1), r_0 - r_1 = 0.5 * ((-1 + 1.5) - (-2 + 1.5)) = 0.5
+    dpo = sdpo_per_example(policy[:, :2], ref[:, :2], 0.5)
+    assert float(dpo[0]) == pytest.approx(math.log(1 + math.exp(-0.5)))
+    with pytest.raises(ValueError, match="at least|>= 1 negative"):
+        sdpo_per_example(policy[:, :1], ref[:, :1], 0.5)
+
+
+def test_preference_parts_sum_tokens_per_sequence_and_average_examples():
+    from bearrec.losses.preference import preference_parts, sdpo_per_example
+
+    # 2 examples x (positive, 1 negative); token log-probs and their sequences (example-major)
+    token_lp = torch.tensor([-0.5, -0.5, -2.0, -0.1, -0.3, -0.2], requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 2, 3, 3])
+    ref = torch.tensor([[-1.2, -1.5], [-0.4, -0.4]])
+    num, den = preference_parts(token_lp, rows, ref, name="dpo", beta=1.0)
+    want = sdpo_per_example(torch.tensor([[-1.0, -2.0], [-0.1, -0.5]]), ref, 1.0)
+    assert float(den) == 2 and float(num / den) == pytest.approx(float(want.mean()))
+    (num / den).backward()
+    g = token_lp.grad
+    assert g[0] == g[1] < 0 and g[2] > 0  # raise the positive's tokens, lower the negative's
+
+
+def test_sdpo_bear_keeps_positives_and_prunes_negatives_by_hand():
+    from bearrec.losses.preference import bear_keep_prune
+
+    # one example, G = 2: positive tokens 0, 1 (token 1 has < B candidates); negative token 2
+    log_p = torch.tensor([-0.1, -0.2, -3.0], requires_grad=True)
+    log_beta = torch.tensor([-1.0, float("-inf"), -1.0])
+    reg = bear_keep_prune(log_p, log_beta, torch.tensor([0, 0, 1]), group_size=2, num_examples=1, xi=0.5)
+    pos = math.log(1 / (1 + math.exp(-(-1.0 + 0.1) / 0.5))) / 2  # mean over both positive tokens
+    neg = math.log(1 / (1 + math.exp(-(-1.0 + 3.0) / 0.5)))
+    assert float(reg[0]) == pytest.approx(pos - neg, abs=1e-6)
+    reg.sum().backward()
+    assert log_p.grad[0] < 0 and log_p.grad[1] == 0 and log_p.grad[2] > 0

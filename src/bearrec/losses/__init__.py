@@ -11,6 +11,7 @@ from bearrec.config import LossConfig
 from bearrec.losses.allowed import Allowed, log_beta, log_probs
 from bearrec.losses.base import msl_loss, sft_loss
 from bearrec.losses.beam_sim import beam_sim_parts
+from bearrec.losses.preference import PREFERENCE_LOSSES, preference_parts
 from bearrec.losses.bear import FORMS, BearTerms, bear_from_terms, bear_loss, bear_parts, bear_terms
 
 def _mean_ce_parts(logits, targets, allowed, tau):
@@ -39,7 +40,18 @@ def beam_sim_loss_parts(logits, targets, allowed, cfg, lengths: list[int], thres
     return beam_sim_parts(lp, lengths, thresholds, lam=b.lam, xi=b.xi)
 
 
-NAMES = (*LOSS_PARTS, "beam_sim")
+def preference_loss_parts(logits, targets, allowed, cfg, rows, reference):
+    """dpo / sdpo / sdpo_bear over a batch of groups (`bearrec.losses.preference`)."""
+    lp, _ = log_probs(logits, targets, None)
+    bear = {}
+    if cfg.name == "sdpo_bear":
+        b = cfg.bear
+        terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau)
+        bear = dict(lam=b.lam, xi=b.xi, bear_log_p=terms.log_p, bear_log_beta=terms.log_beta)
+    return preference_parts(lp, rows, reference, name=cfg.name, beta=cfg.pref.beta, **bear)
+
+
+NAMES = (*LOSS_PARTS, "beam_sim", *PREFERENCE_LOSSES)
 
 
 def _ratio(parts):
@@ -62,6 +74,10 @@ def validate(cfg: LossConfig) -> None:
         raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
     if b.lam < 0:
         raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
+    if cfg.pref.beta <= 0:
+        raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
+    if cfg.pref.num_negatives < 1:
+        raise ValueError(f"loss.pref.num_negatives must be >= 1, got {cfg.pref.num_negatives}")
 
 
 @torch.no_grad()
@@ -77,6 +93,7 @@ def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allo
             "mean_margin": float(margin[finite].mean()) if bool(finite.any()) else 0.0}
 
 
-__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "NAMES", "beam_sim_loss_parts", "beam_sim_parts",
+__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "NAMES", "PREFERENCE_LOSSES", "beam_sim_loss_parts",
+           "beam_sim_parts", "preference_loss_parts", "preference_parts",
            "bear_parts", "bear_from_terms", "bear_loss", "bear_terms",
            "condition_metrics", "log_beta", "log_probs", "msl_loss", "sft_loss", "validate"]

@@ -1,0 +1,120 @@
+"""Training data for the preference losses (dpo, sdpo, sdpo_bear; `bearrec.losses.preference`).
+
+Each example becomes a group: the prompt with the positive title, then with N negatives sampled
+uniformly from the catalogue (seeded per example by `loss.pref.negatives_seed`, never an item whose
+title equals the target's; `dpo` takes one). Reference log-probabilities (the starting model's
+sequence log-probs of every group member) are computed once before training and cached in
+`RUN/reference_logps.pt`, so training holds one model and a resumed run reuses the starting model's
+values rather than recomputing them with trained weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bearrec.data.encode import Encoder
+from bearrec.losses.allowed import log_probs
+from bearrec.losses.preference import sequence_log_probs
+
+
+def sample_negatives(targets: list[int], encoder: Encoder, num_negatives: int, seed: int) -> list[list[int]]:
+    """`num_negatives` distinct item ids per example, uniform over items of another title."""
+    catalogue = encoder.catalogue
+    items = sorted(catalogue.titles)
+    distinct = len({catalogue.title(i) for i in items})
+    if num_negatives >= distinct:
+        raise ValueError(f"loss.pref.num_negatives ({num_negatives}) must be below the number of distinct titles "
+                         f"({distinct})")
+    out = []
+    for i, target in enumerate(targets):
+        rng = random.Random(f"{seed}-{i}")
+        title, chosen = catalogue.title(target), []
+        while len(chosen) < num_negatives:
+            item = items[rng.randrange(len(items))]
+            if catalogue.title(item) != title and item not in chosen:
+                chosen.append(item)
+        out.append(chosen)
+    return out
+
+
+class PreferenceSet(torch.utils.data.Dataset):
+    """Wraps a `TrainingSet`: each item carries its negatives' target ids and trie nodes, and (once
+    set) the group's reference log-probabilities."""
+
+    def __init__(self, base, encoder: Encoder, negatives: list[list[int]]):
+        self.base, self.negatives = base, negatives
+        self.neg_ids = {i: encoder.target_ids(i) for group in negatives for i in group}
+        self.neg_nodes = {i: encoder.trie.walk(ids) for i, ids in self.neg_ids.items()}
+        self.reference: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        item["negatives"] = [(self.neg_ids[n], self.neg_nodes[n]) for n in self.negatives[i]]
+        if self.reference is not None:
+            item["reference"] = self.reference[i]
+        return item
+
+
+class PreferenceCollator:
+    """Flattens each group (positive first, then negatives) into consecutive rows of the plain collator."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.pad_token_id = collator.pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        flat = []
+        for f in features:
+            flat.append(f)
+            flat += [{"prompt_ids": f["prompt_ids"], "target_ids": ids, "nodes": nodes} for ids, nodes in f["negatives"]]
+        batch = self.collator(flat)
+        batch["group_size"] = 1 + len(features[0]["negatives"])
+        if "reference" in features[0]:
+            batch["reference"] = torch.stack([f["reference"] for f in features])
+        return batch
+
+
+@torch.no_grad()
+def group_log_probs(model, batch: dict) -> torch.Tensor:
+    """(E, G) vocabulary-softmax sequence log-probs of a collated preference batch."""
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device), logits_to_keep=batch["logits_to_keep"], use_cache=False)
+    logits = out.logits[batch["resp_rows"].to(device), batch["resp_cols"].to(device)]
+    lp, _ = log_probs(logits, batch["targets"].to(device), None)
+    group = batch["group_size"]
+    rows = batch["resp_rows"].to(device)
+    return sequence_log_probs(lp, rows, len(batch["input_ids"])).view(-1, group).float().cpu()
+
+
+def reference_log_probs(model, dataset: PreferenceSet, collator: PreferenceCollator, path: Path, key: dict,
+                        batch_size: int = 16) -> torch.Tensor:
+    """The starting model's (E, G) log-probs, loaded from `path` when it holds the same `key`."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    if path.exists():
+        cached = torch.load(path)
+        if cached.get("key") == digest:
+            return cached["values"]
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="reference log-probs", unit="batch"):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        chunks.append(group_log_probs(model, batch))
+    model.train(was_training)
+    values = torch.cat(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"key": digest, "values": values}, tmp)
+    tmp.replace(path)
+    return values
