@@ -30,24 +30,37 @@ FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT de
          "violators": ["loss.name=bear", "loss.bear.form=violators", "loss.bear.lam=1", "loss.bear.xi=1"]}
 
 
-def method_overrides(bear_grid: list[tuple[str, str]]) -> dict[str, list[str]]:
-    methods = dict(FIXED)
+# issue 6 baselines, run only when named in --methods; the preference ones start from the same
+# seed's sft run (the paper's protocol), so they run in a second phase
+OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=1"],
+            "dpo": ["loss.name=dpo"], "sdpo": ["loss.name=sdpo"],
+            "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1"]}
+FROM_SFT = ("dpo", "sdpo", "sdpo_bear")
+
+
+def method_overrides(bear_grid: list[tuple[str, str]], optional: bool = False) -> dict[str, list[str]]:
+    methods = {**FIXED, **(OPTIONAL if optional else {})}
     for lam, xi in bear_grid:
         methods[f"bear-lam{lam}-xi{xi}"] = ["loss.name=bear", f"loss.bear.lam={lam}", f"loss.bear.xi={xi}"]
     return methods
 
 
-def plan(args) -> list[tuple[list[str], Path]]:
-    """(bearrec argv, run dir) for every run; the pruning seed first (its runs take longest), then
-    seed by seed so that a cut-off leaves whole seeds."""
-    methods = {k: v for k, v in method_overrides(args.bear_grid).items()
-               if not args.methods or k in args.methods or (k.startswith("bear-") and "bear" in args.methods)}
+def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
+    """(bearrec argv, run dir) for every run of a phase (2: the methods that start from sft); the
+    pruning seed first (its runs take longest), then seed by seed so that a cut-off leaves whole seeds."""
+    methods = {k: v for k, v in method_overrides(args.bear_grid, optional=True).items()
+               if (k in args.methods if args.methods else k not in OPTIONAL)
+               or (k.startswith("bear-") and (not args.methods or "bear" in args.methods))}
+    methods = {k: v for k, v in methods.items() if (k in FROM_SFT) == (phase == 2)}
     seeds = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
     runs = []
     for seed in seeds:
         for dataset in args.datasets:
             for name, overrides in methods.items():
                 out = Path(args.root) / dataset / name / f"seed={seed}"
+                if name in FROM_SFT:
+                    start = Path(args.root) / dataset / "sft" / f"seed={seed}" / "model"
+                    overrides = [*overrides, f"model.name_or_path={start}"]
                 pruning = f"analysis.pruning_users={args.pruning_users if seed == args.pruning_seed else 0}"
                 runs.append((["run", "--config", CONFIGS[dataset], *overrides, f"seed={seed}", pruning,
                               f"output_dir={out}", *args.overrides], out))
@@ -132,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bear-grid", default="0.25:2.75,1:1,4:0.25",
                    type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
                    help="lambda:xi candidates for bear (reference form), chosen on validation")
-    p.add_argument("--methods", type=lambda s: s.split(","), help="a subset of sft,msl,bear,violators "
-                   "(default: all; bear means every --bear-grid candidate)")
+    p.add_argument("--methods", type=lambda s: s.split(","), help="sft,msl,bear,violators (the default) and/or "
+                   "beam_sim,dpo,sdpo,sdpo_bear (these three start from the seed's sft run, which must be "
+                   "among them or finished); bear means every --bear-grid candidate")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
     p.add_argument("--pruning-users", default="null", help="test users analysed (a fixed seeded subset; "
                    "default null: the whole split)")
@@ -147,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS)}")
     if not args.report_only:
-        runs = plan(args)
-        try:
-            run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
-        except BearrecError as e:
-            print(f"warning: {e}", file=sys.stderr)
+        for phase in (1, 2):
+            runs = plan(args, phase)
+            try:
+                run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
+            except BearrecError as e:
+                print(f"warning: {e}", file=sys.stderr)
     report(args)
     print((Path(args.root) / "summary.md").read_text())
     return 0
