@@ -80,6 +80,25 @@ def _valid_ndcg(run: Path) -> float | None:
     return next((v for k, v in best.items() if k.startswith("valid_ndcg")), None)
 
 
+def plot_seeds(values: dict[str, list[float]], path: Path, dataset: str) -> None:
+    """Test NDCG@10 of every seed (dots) and the mean (bar) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for i, (name, ys) in enumerate(sorted(values.items())):
+        ax.bar(i, statistics.fmean(ys), color=f"C{i % 10}", alpha=0.35)
+        ax.plot([i] * len(ys), ys, "o", color=f"C{i % 10}")
+    ax.set_xticks(range(len(values)), sorted(values), fontsize=8)
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title(f"{dataset}: each seed (dots), mean (bar)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report(args) -> dict:
     root = Path(args.root)
     summary, lines = {}, ["# Reproduction summary", "", f"Root: `{root}`", ""]
@@ -113,6 +132,8 @@ def report(args) -> dict:
                 details[name]["pruning"] = {k: v for k, v in result.items() if k.startswith("PR@")}
                 details[name]["pruning"]["num_users"] = result["num_users"]
                 details[name]["pruning"]["run"] = str(pruned)
+        plot_seeds({k: [_metrics(r)["test"]["item"]["NDCG@10"] for r in v] for k, v in compared.items()},
+                   root / dataset / "seeds.png", dataset)
         if pruning:
             plot_pruning(pruning, root / dataset / "pruning.png", ks=sorted(
                 int(k[3:]) for k in next(iter(pruning.values())) if k.startswith("PR@")))

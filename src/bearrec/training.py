@@ -88,7 +88,7 @@ class BearTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
         targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
-        reference, _ = inputs.pop("reference", None), inputs.pop("group_size", None)
+        reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
         thresholds = self._beam_thresholds(model, prompts) if self.loss_cfg.name == "beam_sim" else None
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[rows, cols]
@@ -106,7 +106,9 @@ class BearTrainer(Trainer):
             den = self.accelerator.reduce(den.detach(), reduction="sum") / world
         loss = num / den if float(den) > 0 else num * 0.0
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:
-            self._condition.append(condition_metrics(logits.detach(), targets, allowed, self.loss_cfg.bear.num_beams))
+            keep = rows % group == 0  # the positives (preference groups also hold negatives)
+            self._condition.append(condition_metrics(logits.detach()[keep], targets[keep], allowed.select(keep),
+                                                     self.loss_cfg.bear.num_beams))
         return (loss, outputs) if return_outputs else loss
 
     def _beam_thresholds(self, model, prompts: list[list[int]]) -> list[list[float]]:

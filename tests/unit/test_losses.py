@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bearrec.config import BearConfig, LossConfig
+from bearrec.config import BearConfig, LossConfig, PreferenceConfig
 from bearrec.losses import LOSSES, Allowed, bear_loss, bear_terms, condition_metrics, msl_loss, sft_loss, validate
 
 
@@ -146,7 +146,7 @@ def test_condition_metrics_by_hand():
 
 
 @pytest.mark.parametrize("cfg, fragment", [
-    (LossConfig(name="dpo"), "unknown"), (LossConfig(tau=0), "tau"),
+    (LossConfig(name="ppo"), "unknown"), (LossConfig(pref=PreferenceConfig(beta=0)), "beta"), (LossConfig(tau=0), "tau"),
     (LossConfig(bear=BearConfig(num_beams=0)), "num_beams"), (LossConfig(bear=BearConfig(xi=0)), "xi"),
     (LossConfig(bear=BearConfig(lam=-1)), "lam"),
 ])
@@ -240,3 +240,9 @@ def test_sdpo_bear_keeps_positives_and_prunes_negatives_by_hand():
     assert float(reg[0]) == pytest.approx(pos - neg, abs=1e-6)
     reg.sum().backward()
     assert log_p.grad[0] < 0 and log_p.grad[1] == 0 and log_p.grad[2] > 0
+
+
+def test_allowed_select_keeps_whole_positions():
+    allowed = Allowed.from_lists([[1, 2], [3], [4, 5, 6]])
+    sub = allowed.select(torch.tensor([True, False, True]))
+    assert sub.counts.tolist() == [2, 3] and sub.tokens.tolist() == [1, 2, 4, 5, 6]

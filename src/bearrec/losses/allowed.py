@@ -28,6 +28,11 @@ class Allowed:
     def to(self, device) -> "Allowed":
         return Allowed(self.counts.to(device), self.tokens.to(device))
 
+    def select(self, keep: torch.Tensor) -> "Allowed":
+        """The positions where the boolean `keep` is true."""
+        keep = keep.to(self.counts.device)
+        return Allowed(self.counts[keep], self.tokens[torch.repeat_interleave(keep, self.counts)])
+
     @property
     def rows(self) -> torch.Tensor:
         return torch.repeat_interleave(torch.arange(len(self.counts), device=self.counts.device), self.counts)
