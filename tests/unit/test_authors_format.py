@@ -58,8 +58,10 @@ def test_validation_is_held_out_of_train_csv_when_training_on_a_sample(tmp_path)
 def test_held_out_validation_needs_train_csv(tmp_path):
     folder = write_authors(tmp_path / "D")
     (folder / "train.csv").rename(folder / "train_10000.csv")
-    with pytest.raises(DataError, match="validation=held_out needs train.csv"):
+    with pytest.raises(DataError, match="validation=held_out needs train.csv beside a training sample"):
         load_authors_dir(folder, validation="held_out")
+    with pytest.raises(DataError, match="training on train.csv"):
+        load_authors_dir(write_authors(tmp_path / "E"), train_file="train.csv", validation="held_out")
     assert load_authors_dir(folder).info["valid_source"].startswith("carved")  # auto falls back
     with pytest.raises(ValueError, match="auto, held_out or carve"):
         load_authors_dir(folder, validation="latest")

@@ -207,8 +207,8 @@ def load_authors_dir(folder: str | Path, *, name: str | None = None, train_file:
         info_valid = (f"held out: the chronologically latest {len(splits['valid'])} rows of train.csv that are not "
                       f"in {train_file} (all of {train_file} is trained on)")
     elif validation == "held_out":
-        raise DataError(folder / "train.csv", f"data.validation=held_out needs train.csv beside {train_file} to "
-                        "hold validation rows out of (use validation=carve)")
+        raise DataError(folder / "train.csv", f"data.validation=held_out needs train.csv beside a training sample "
+                        f"(training on {train_file}); use validation=carve")
     splits["test"] = read_examples(folder / "test.csv", titles)
     info: dict = {"path": str(folder), "train_file": train_file}
     info.update(_drop_empty_titles(titles, splits, titles_path, on_empty_title))
