@@ -218,7 +218,7 @@ def cmd_compare(args) -> int:
     from bearrec.atomic import atomic_write_text
     from bearrec.report import compare, to_csv, to_markdown
 
-    result = compare(args.runs, bootstrap_samples=args.bootstrap)
+    result = compare(args.runs, bootstrap_samples=args.bootstrap, evaluations=tuple(args.eval or ["eval-test"]))
     table = to_markdown(result)
     print(table, end="")
     if args.out:
@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories (bearrec run / train)")
     p.add_argument("--out", help="write OUT.md and OUT.csv")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--eval", action="append", metavar="FOLDER",
+                   help="evaluation folder(s) of each run (default eval-test); e.g. --eval eval-test --eval "
+                        "eval-test-d3 puts each decoding on its own row")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")

@@ -34,20 +34,23 @@ def method_label(cfg: dict) -> str:
     return f"bear{form}{base}"
 
 
-def load_run(run_dir: str | Path) -> dict:
+def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
+    """A run's test evaluation (`evaluation`: another folder, e.g. eval-test-d3 from `bearrec evaluate
+    --decoding d3`, gives a row labelled `method [d3]`)."""
     run_dir = Path(run_dir)
-    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / "eval-test" / "metrics.json"
+    cfg_path, metrics_path = run_dir / "config.yaml", run_dir / evaluation / "metrics.json"
     for path in (cfg_path, metrics_path):
         if not path.exists():
             raise BearrecError(f"{path}: missing; is {run_dir} a finished run (bearrec run / train)?")
     cfg = yaml.safe_load(cfg_path.read_text())
-    preds = run_dir / "eval-test" / "predictions.jsonl"
+    preds = run_dir / evaluation / "predictions.jsonl"
     ranks = {}
     if preds.exists():
         for line in preds.read_text().splitlines():
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
-    return {"dir": str(run_dir), "method": method_label(cfg), "dataset": cfg["data"]["name"], "seed": cfg["seed"],
+    suffix = "" if evaluation == "eval-test" else f" [{evaluation.removeprefix('eval-test-')}]"
+    return {"dir": str(run_dir), "method": method_label(cfg) + suffix, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}
 
 
@@ -69,8 +72,9 @@ def _per_user_ndcg(runs: list[dict], k: int = 10) -> dict[int, float]:
     return {u: sum(ndcg(r["ranks"][u], k) for r in runs) / len(runs) for u in common}
 
 
-def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000) -> dict:
-    runs = [load_run(d) for d in run_dirs]
+def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluations: tuple[str, ...] = ("eval-test",)
+            ) -> dict:
+    runs = [load_run(d, e) for d in run_dirs for e in evaluations]
     datasets = sorted({r["dataset"] for r in runs})
     methods = sorted({r["method"] for r in runs})
     cells, groups = {}, {}

@@ -73,3 +73,21 @@ def test_compare_cli_writes_md_and_csv(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "config.yaml: missing" in err and "finished run" in err
+
+
+def test_other_evaluations_of_the_same_runs_get_their_own_rows(tmp_path, capsys):
+    """--eval eval-test --eval eval-test-d3: one row per decoding; the bootstrap pairs them by user."""
+    run = make_run(tmp_path, "msl0", "msl", 0, [0, None, 1, None])  # NDCG@10 (1 + 1/log2 3) / 4
+    (run / "eval-test-d3").mkdir()
+    d3 = make_run(tmp_path / "tmp", "msl0", "msl", 0, [None, None, 0, 0])  # NDCG@10 0.5
+    for f in ("predictions.jsonl", "metrics.json"):
+        (run / "eval-test-d3" / f).write_text((d3 / "eval-test" / f).read_text())
+    assert main(["compare", str(run), "--eval", "eval-test", "--eval", "eval-test-d3", "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| msl (1 seed) |" in out and "| msl [d3] (1 seed) |" in out
+    result = compare([run], bootstrap_samples=200, evaluations=("eval-test", "eval-test-d3"))
+    assert result["cells"][("msl [d3]", "office", "NDCG@10")][0] == pytest.approx(0.5)
+    sig = result["significance"]["office"]
+    assert sig["best"] == "msl [d3]" and sig["mean"] == pytest.approx(0.5 - (1 + 1 / math.log2(3)) / 4)
+    assert main(["compare", str(run), "--eval", "eval-test-ghost"]) == 2  # missing folder: a clear error
+    assert "eval-test-ghost/metrics.json: missing" in capsys.readouterr().err
