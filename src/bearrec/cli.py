@@ -122,7 +122,7 @@ def cmd_evaluate(args) -> int:
 
     state = distributed_state()
     if state.is_main_process:
-        suffix = "" if args.decoding == "hf" else f"-{args.decoding}"
+        suffix = _decoding_suffix(args)
         out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
                                 if (Path(args.model) / "config.yaml").exists()
                                 else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
@@ -130,6 +130,21 @@ def cmd_evaluate(args) -> int:
         print(format_table(metrics))
         print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
     return 0
+
+
+def _decoding_suffix(args) -> str:
+    """A default output folder never overwrites a run's own evaluation with other decode settings:
+    each decode flag given adds to the name (eval-test-d3, eval-test-ghost0.99, eval-test-b20, ...)."""
+    parts = ["d3"] if args.decoding == "d3" else []
+    if args.length_penalty is not None and args.decoding != "d3":
+        parts.append(f"lp{args.length_penalty:g}")
+    if args.ghost_threshold is not None:
+        parts.append(f"ghost{args.ghost_threshold:g}")
+    if args.num_beams is not None:
+        parts.append(f"b{args.num_beams}")
+    if args.constrained_softmax is not None:
+        parts.append("cs" if args.constrained_softmax else "nocs")
+    return "".join(f"-{p}" for p in parts)
 
 
 def cmd_recommend(args) -> int:

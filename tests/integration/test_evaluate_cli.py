@@ -142,3 +142,10 @@ def test_d3_decoding_preset_and_ghost_threshold(run_dir, capsys):
     assert "--decoding d3 means --length-penalty 0" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--ghost-threshold", "1.5"]) == 2
     assert "ghost_threshold must be in (0, 1]" in capsys.readouterr().err
+    # other decode flags never overwrite the run's own eval-test: each names its folder
+    before = (run_dir / "eval-test" / "metrics.json").read_text() if (run_dir / "eval-test").exists() else None
+    assert main(["evaluate", "--model", str(run_dir), "--ghost-threshold", "0.99", "--num-beams", "2"]) == 0
+    metrics = json.loads((run_dir / "eval-test-ghost0.99-b2" / "metrics.json").read_text())
+    assert metrics["ghost_threshold"] == 0.99 and metrics["num_beams"] == 2
+    after = (run_dir / "eval-test" / "metrics.json").read_text() if (run_dir / "eval-test").exists() else None
+    assert before == after
