@@ -190,12 +190,27 @@ def _share(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def run_labels(models: list[str]) -> list[str]:
+    """Shortest path suffixes that tell the runs apart (`msl/seed=0`, `bear/seed=0`); a model given
+    twice gets `#2`."""
+    parts = [Path(m).parts or (m,) for m in models]
+    depth = 1
+    while depth < max(map(len, parts)) and len({p[-depth:] for p in parts}) < len(set(parts)):
+        depth += 1
+    labels, seen = [], {}
+    for p in parts:
+        label = "/".join(p[-depth:])
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return labels
+
+
 def cmd_analyze_pruning(args) -> int:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
 
     results = {}
-    for model in args.model:
+    for model, label in zip(args.model, run_labels(args.model)):
         args_one = argparse.Namespace(**{**vars(args), "model": model})
         cfg, dataset, recommender = _inference_setup(args_one)
         examples = dataset.split(args.split)
@@ -205,7 +220,7 @@ def cmd_analyze_pruning(args) -> int:
         run = Path(model)
         out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
         write_pruning(out, result)
-        results[run.name or model] = result
+        results[label] = result
         rows = [f"PR@{k} {_share(r['rate'])} ({r['pruned']}/{r['eligible']}), violating {_share(r['violation_share'])}"
                 for k, r in ((k, result[f"PR@{k}"]) for k in (5, 10))]
         print(f"{model}: " + "; ".join(rows) + f"  -> {out / 'pruning.json'}")

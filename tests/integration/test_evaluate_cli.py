@@ -121,6 +121,15 @@ def test_analyze_pruning_cli(run_dir, tmp_path, capsys):
     assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_run_labels_tell_runs_apart():
+    from bearrec.cli import run_labels
+
+    assert run_labels(["runs/office/msl/seed=0", "runs/office/bear/seed=0"]) == ["msl/seed=0", "bear/seed=0"]
+    assert run_labels(["runs/a", "runs/b"]) == ["a", "b"]
+    assert run_labels(["runs/a", "runs/a"]) == ["a", "a#2"]
+    assert run_labels(["smollm2-135m"]) == ["smollm2-135m"]
+
+
 def test_d3_decoding_preset_and_ghost_threshold(run_dir, capsys):
     """--decoding d3 is length penalty 0 (sum of log-probs) and goes to its own folder; the scores
     are the direct decoder's with length_penalty=0; a contradicting --length-penalty is an error."""
