@@ -2,9 +2,9 @@
 instance) against sft, msl and bear, on the model and batches of configs/office-tiny.yaml.
 
 One process; the variants alternate step by step (order rotated each round) on the same batches,
-so machine noise hits all alike. A step = (for beam_sim: the no-gradient decode of the batch's
-prompts for the per-step B-th beam) + forward + loss + backward + AdamW step. Prints the median
-step time per variant, the projected seconds per epoch (steps per epoch of the config), the ratios
+so machine noise hits all alike. A step = the trainer's `batch_loss` (for beam_sim: the
+no-gradient decode of the batch's prompts for the per-step B-th beam, then forward and loss) +
+backward + AdamW. Prints the median step time per variant, the projected seconds per epoch (steps per epoch of the config), the ratios
 to sft, and `RESULT beam_sim_over_sft_step_time <ratio>` (the paper: 4.45x-4.70x SFT per epoch).
 
     python benchmarks/beam_sim_cost.py [--rounds 6] [--config configs/office-tiny.yaml]
@@ -30,10 +30,7 @@ def main() -> None:
 
     from bearrec.config import load_config
     from bearrec.data import load_dataset
-    from bearrec.decoding import prefix_thresholds
-    from bearrec.losses import LOSS_PARTS, Allowed, beam_sim_loss_parts
-    from bearrec.losses.beam_sim import align_thresholds
-    from bearrec.training import Collator, TrainingSet, build_encoder_and_model
+    from bearrec.training import Collator, TrainingSet, batch_loss, build_encoder_and_model
 
     cfg = load_config(args.config, [])
     dataset = load_dataset(cfg.data)
@@ -50,25 +47,9 @@ def main() -> None:
         t = time.perf_counter()
         loss_cfg = cfg.loss
         loss_cfg.name = variant
-        thresholds = None
-        if variant == "beam_sim":
-            model.eval()
-            with autocast:
-                thresholds = prefix_thresholds(model, encoder.trie, batch["prompts"], loss_cfg.bear.num_beams,
-                                               pad_token_id=encoder.tokenizer.pad_token_id)
-            model.train()
         with autocast:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
-            logits = out.logits[batch["resp_rows"], batch["resp_cols"]]
-            allowed = Allowed.from_trie(encoder.trie, batch["nodes"])
-            if thresholds is not None:
-                lengths = torch.bincount(batch["resp_rows"], minlength=len(batch["prompts"])).tolist()
-                num, den = beam_sim_loss_parts(logits, batch["targets"], allowed, loss_cfg, lengths,
-                                               align_thresholds(thresholds, lengths))
-            else:
-                num, den = LOSS_PARTS[variant](logits, batch["targets"], allowed, loss_cfg)
-        (num / den).backward()
+            out = batch_loss(model, dict(batch), encoder.trie, loss_cfg, encoder.tokenizer.pad_token_id)
+        (out.num / out.den).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,6 +79,54 @@ class Collator:
                 "prompts": [f["prompt_ids"] for f in features]}
 
 
+@dataclass
+class BatchLoss:
+    num: torch.Tensor  # the loss is num / den (den summed over processes first)
+    den: torch.Tensor
+    outputs: object
+    logits: torch.Tensor  # (response tokens, vocabulary)
+    targets: torch.Tensor
+    allowed: Allowed
+    positives: torch.Tensor  # tokens of positive sequences (preference groups also hold negatives)
+
+
+def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None) -> BatchLoss:
+    """The configured loss of one collated batch (consumes `inputs`). beam_sim first decodes the
+    batch's prompts with `decoder_model` (the unwrapped model; default `model`) for its thresholds."""
+    rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
+    targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
+    reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
+    thresholds = None
+    if loss_cfg.name == "beam_sim":
+        thresholds = beam_thresholds(decoder_model or model, trie, prompts, loss_cfg.bear, pad_token_id)
+    outputs = model(**inputs, use_cache=False)
+    logits = outputs.logits[rows, cols]
+    allowed = Allowed.from_trie(trie, nodes.cpu()).to(logits.device)
+    if reference is not None:
+        num, den = preference_loss_parts(logits, targets, allowed, loss_cfg, rows, reference)
+    elif thresholds is not None:
+        lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
+        num, den = beam_sim_loss_parts(logits, targets, allowed, loss_cfg, lengths,
+                                       align_thresholds(thresholds, lengths).to(logits.device))
+    else:
+        num, den = LOSS_PARTS[loss_cfg.name](logits, targets, allowed, loss_cfg)
+    return BatchLoss(num, den, outputs, logits, targets, allowed, rows % group == 0)
+
+
+def beam_thresholds(model, trie, prompts: list[list[int]], bear_cfg, pad_token_id: int) -> list[list[float]]:
+    """beam_sim: the B-th beam's prefix log-probability per step, from the fast decoder (no
+    gradient, eval mode) with the softmax of the base loss."""
+    from bearrec.decoding import prefix_thresholds
+
+    was_training = model.training
+    model.eval()
+    try:
+        return prefix_thresholds(model, trie, prompts, bear_cfg.num_beams, constrained_softmax=bear_cfg.base == "msl",
+                                 pad_token_id=pad_token_id)
+    finally:
+        model.train(was_training)
+
+
 class BearTrainer(Trainer):
     def __init__(self, *args, trie=None, loss_cfg=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -86,45 +135,18 @@ class BearTrainer(Trainer):
         self._condition = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
-        targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
-        reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
-        thresholds = self._beam_thresholds(model, prompts) if self.loss_cfg.name == "beam_sim" else None
-        outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits[rows, cols]
-        allowed = Allowed.from_trie(self.trie, nodes.cpu()).to(logits.device)
-        if reference is not None:
-            num, den = preference_loss_parts(logits, targets, allowed, self.loss_cfg, rows, reference)
-        elif thresholds is not None:
-            lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
-            num, den = beam_sim_loss_parts(logits, targets, allowed, self.loss_cfg, lengths,
-                                           align_thresholds(thresholds, lengths).to(logits.device))
-        else:
-            num, den = LOSS_PARTS[self.loss_cfg.name](logits, targets, allowed, self.loss_cfg)
+        batch = batch_loss(model, inputs, self.trie, self.loss_cfg, self.data_collator.pad_token_id,
+                           decoder_model=self.accelerator.unwrap_model(model))
+        num, den = batch.num, batch.den
         world = self.accelerator.num_processes
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
             den = self.accelerator.reduce(den.detach(), reduction="sum") / world
         loss = num / den if float(den) > 0 else num * 0.0
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:
-            keep = rows % group == 0  # the positives (preference groups also hold negatives)
-            self._condition.append(condition_metrics(logits.detach()[keep], targets[keep], allowed.select(keep),
-                                                     self.loss_cfg.bear.num_beams))
-        return (loss, outputs) if return_outputs else loss
-
-    def _beam_thresholds(self, model, prompts: list[list[int]]) -> list[list[float]]:
-        """beam_sim: the B-th beam's prefix log-probability per step, from the fast decoder (no
-        gradient, eval mode) with the softmax of the base loss."""
-        from bearrec.decoding import prefix_thresholds
-
-        b = self.loss_cfg.bear
-        unwrapped = self.accelerator.unwrap_model(model)
-        was_training = unwrapped.training
-        unwrapped.eval()
-        try:
-            return prefix_thresholds(unwrapped, self.trie, prompts, b.num_beams, constrained_softmax=b.base == "msl",
-                                     pad_token_id=self.data_collator.pad_token_id)
-        finally:
-            unwrapped.train(was_training)
+            keep = batch.positives
+            self._condition.append(condition_metrics(batch.logits.detach()[keep], batch.targets[keep],
+                                                     batch.allowed.select(keep), self.loss_cfg.bear.num_beams))
+        return (loss, batch.outputs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._condition and "loss" in logs:
