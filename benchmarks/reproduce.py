@@ -32,9 +32,9 @@ FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT de
 
 # issue 6 baselines, run only when named in --methods; the preference ones start from the same
 # seed's sft run (the paper's protocol), so they run in a second phase
-# from the sft checkpoint: 2 more epochs at lr 1e-4, decoded like sft (softmax over the vocabulary,
+# from the sft checkpoint: 1 more epoch at lr 1e-4, decoded like sft (softmax over the vocabulary,
 # the same softmax as their sequence log-probs)
-PREF = ["train.epochs=2", "train.learning_rate=1e-4", "decode.constrained_softmax=false"]
+PREF = ["train.epochs=1", "train.learning_rate=1e-4", "decode.constrained_softmax=false"]
 OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=1"],
             "dpo": ["loss.name=dpo", *PREF], "sdpo": ["loss.name=sdpo", *PREF],
             "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF]}
