@@ -18,7 +18,8 @@ per-token normalisation matches the `paper` form of BEAR.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from bearrec.losses.bear import masked_log_sigmoid
 
 
 def segment_cumsum(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -36,10 +37,7 @@ def beam_sim_parts(log_p: torch.Tensor, lengths: list[int], thresholds: torch.Te
                          f"{sum(lengths)} must agree")
     if xi <= 0:
         raise ValueError(f"xi must be > 0, got {xi}")
-    prefix = segment_cumsum(log_p, lengths)
-    active = torch.isfinite(thresholds)
-    delta = torch.where(active, thresholds.to(prefix.dtype), prefix.detach()) - prefix
-    reg = torch.where(active, F.logsigmoid(delta / xi), torch.zeros_like(prefix))
+    reg = masked_log_sigmoid(thresholds, segment_cumsum(log_p, lengths), xi)
     return (-log_p + lam * reg).sum(), torch.tensor(float(len(log_p)), device=log_p.device)
 
 

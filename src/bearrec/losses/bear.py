@@ -96,3 +96,11 @@ def bear_parts(terms: BearTerms, *, lam: float, xi: float, form: str) -> tuple[t
     else:  # violators
         reg = torch.where(trivial, torch.zeros_like(delta), F.softplus(delta / xi))
     return (terms.ce + lam * reg).sum(), torch.tensor(float(len(terms.ce)), device=terms.ce.device)
+
+
+def masked_log_sigmoid(threshold: torch.Tensor, value: torch.Tensor, xi: float) -> torch.Tensor:
+    """log sigmoid((threshold - value) / xi) per position, 0 (value and gradient) where the detached
+    `threshold` is -inf (nothing can prune there). Shared by beam_sim and sdpo_bear."""
+    active = torch.isfinite(threshold)
+    delta = torch.where(active, threshold.to(value.dtype), value.detach()) - value
+    return torch.where(active, F.logsigmoid(delta / xi), torch.zeros_like(value))

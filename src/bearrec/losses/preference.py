@@ -22,12 +22,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bearrec.losses.bear import masked_log_sigmoid
+
 PREFERENCE_LOSSES = ("dpo", "sdpo", "sdpo_bear")
 
 
-def sequence_log_probs(token_log_p: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Sum of token log-probabilities per sequence (`rows`: the sequence of each token)."""
-    return torch.zeros(num_rows, dtype=token_log_p.dtype, device=token_log_p.device).index_add(0, rows, token_log_p)
+def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Per-row sums of token values (`rows`: each token's row, e.g. its sequence); `num_rows` rows."""
+    return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
 
 def sdpo_per_example(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
@@ -43,15 +45,12 @@ def bear_keep_prune(log_p: torch.Tensor, log_beta: torch.Tensor, rows: torch.Ten
                     num_examples: int, xi: float) -> torch.Tensor:
     """(E,) mean over the positive's tokens of log sigmoid(Delta/xi) minus the mean over the
     negatives' tokens; `rows` is each token's sequence, sequences grouped by example (positive first)."""
-    active = torch.isfinite(log_beta)
-    delta = torch.where(active, log_beta, log_p.detach()) - log_p
-    reg = torch.where(active, F.logsigmoid(delta / xi), torch.zeros_like(log_p))
+    reg = masked_log_sigmoid(log_beta, log_p, xi)
     example, positive = rows // group_size, (rows % group_size) == 0
     out = []
     for mask in (positive, ~positive):
-        total = torch.zeros(num_examples, dtype=reg.dtype, device=reg.device).index_add(0, example[mask], reg[mask])
-        count = torch.zeros(num_examples, dtype=reg.dtype, device=reg.device).index_add(
-            0, example[mask], torch.ones_like(reg[mask]))
+        total = sum_by_row(reg[mask], example[mask], num_examples)
+        count = sum_by_row(torch.ones_like(reg[mask]), example[mask], num_examples)
         out.append(total / count.clamp(min=1))
     return out[0] - out[1]
 
@@ -65,7 +64,7 @@ def preference_parts(token_log_p: torch.Tensor, rows: torch.Tensor, reference: t
     if name not in PREFERENCE_LOSSES:
         raise ValueError(f"preference loss must be one of {PREFERENCE_LOSSES}, got {name!r}")
     num_examples, group = reference.shape
-    policy = sequence_log_probs(token_log_p, rows, num_examples * group).view(num_examples, group)
+    policy = sum_by_row(token_log_p, rows, num_examples * group).view(num_examples, group)
     loss = sdpo_per_example(policy, reference, beta)
     if name == "sdpo_bear":
         loss = loss + lam * bear_keep_prune(bear_log_p, bear_log_beta, rows, group, num_examples, xi)
