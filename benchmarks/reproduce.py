@@ -1,5 +1,6 @@
 """The reproduction experiments of docs/results.md: sft, msl, bear and the "violators" variant on the
-authors' datasets, several seeds each, lambda/xi of bear chosen on validation only.
+authors' datasets (office, book) and MovieLens-1M (movielens-1m), several seeds each, lambda/xi of
+bear chosen on validation only.
 
     python benchmarks/reproduce.py --datasets office,book --seeds 0,1,2,3,4 --jobs 12 --root runs/repro
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
@@ -24,7 +25,8 @@ from bearrec.errors import BearrecError
 from bearrec.report import compare, to_csv, to_markdown
 from bearrec.sweep import run_parallel
 
-CONFIGS = {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml"}
+CONFIGS = {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml",
+           "movielens-1m": "configs/movielens-tiny.yaml"}
 FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT decodes with HF's default
          "msl": ["loss.name=msl"],
          "violators": ["loss.name=bear", "loss.bear.form=violators", "loss.bear.lam=1", "loss.bear.xi=1"]}

@@ -96,7 +96,9 @@ def test_data_config_alone():
 def test_shipped_configs_load():
     from pathlib import Path
 
+    from bearrec.losses import validate
+
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
-        load_config(path)
+        validate(load_config(path).loss)  # loss settings checked as `bearrec run` does before training
