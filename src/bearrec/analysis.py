@@ -5,8 +5,8 @@ pruning rate PR@K, and how many prunings violate the token-level necessary condi
   node (level by level, prompt KV shared), not one forward per title.
 - PR@K: among users whose target ranks in the top K by overall probability, the share whose target
   beam search did not return.
-- violation: at some step the target token's probability is below the B-th largest next-token
-  probability (under the run's score semantics); otherwise the target lost to other beams only.
+- violation: at some step the target token's probability is below the B-th largest probability of
+  the trie-valid next tokens given its gold prefix; otherwise the target lost to other beams only.
 """
 
 from __future__ import annotations
@@ -50,22 +50,19 @@ def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_soft
 
 
 @torch.no_grad()
-def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[int, ...], num_beams: int,
-                       constrained_softmax: bool = True) -> bool:
-    """True when at some step the target token is below the B-th largest next-token probability."""
+def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[int, ...], num_beams: int) -> bool:
+    """True when at some step the target token is not among the B most probable trie-valid next
+    tokens given its own gold prefix (fewer than B valid tokens: the condition holds). Only valid
+    tokens count because beam search can extend the prefix with nothing else; their order is the
+    same under both score semantics (a softmax over the valid tokens or over the whole vocabulary
+    divides them by one normaliser), so the check needs no `constrained_softmax`."""
     ids = torch.tensor([prompt + list(path[:-1])], device=next(model.parameters()).device)
     logits = model(ids).logits[0, len(prompt) - 1:].float().cpu()
     nodes = trie.walk(path)
     for t, tok in enumerate(path):
-        row = logits[t]
-        if constrained_softmax:
-            allowed = trie.next_tokens_of(nodes[t])
-            cand = row[allowed] - torch.logsumexp(row[allowed], 0)
-            lp = float(cand[allowed.index(tok)])
-        else:
-            cand = row.log_softmax(-1)
-            lp = float(cand[tok])
-        if lp < float(log_beta(cand[None], num_beams)[0]):
+        allowed = trie.next_tokens_of(nodes[t])
+        valid = logits[t, allowed]
+        if float(valid[allowed.index(tok)]) < float(log_beta(valid[None], num_beams)[0]):
             return True
     return False
 
@@ -82,8 +79,7 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         pruned = example.target not in {item for items in rec.items for item in items}
         with recommender.autocast():
             scores = score_all_titles(model, trie, prompt, decode.constrained_softmax)
-            violation = violates_condition(model, trie, prompt, path, decode.num_beams,
-                                           decode.constrained_softmax) if pruned else None
+            violation = violates_condition(model, trie, prompt, path, decode.num_beams) if pruned else None
         target_score = scores[trie.node_of(path)]
         rank = sum(s > target_score for s in scores.values())
         users.append({"index": i, "overall_rank": rank, "pruned": pruned, "violation": violation})

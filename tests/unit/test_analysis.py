@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning
+from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning, violates_condition
 from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
 from bearrec.data.catalogue import Catalogue, Example
 from bearrec.data.encode import Encoder
@@ -31,16 +31,15 @@ def setup(request):
     return model, enc
 
 
+@torch.no_grad()
 def _brute_violation(model, enc, prompt, path, num_beams, constrained):
-    """One full forward per step; the B-th largest by sorting."""
+    """One full forward per step; the B-th largest by sorting, among the trie-valid next tokens (the
+    only ones beam search can extend the target's prefix with) under the run's score semantics."""
     for t in range(len(path)):
         logits = model(torch.tensor([prompt + list(path[:t])])).logits[0, -1].float()
-        if constrained:
-            allowed = enc.trie.next_tokens(path[:t])
-            probs = {tok: float(logits[tok] - torch.logsumexp(logits[allowed], 0)) for tok in allowed}
-        else:
-            lsm = logits.log_softmax(-1)
-            probs = {tok: float(lsm[tok]) for tok in range(len(lsm))}
+        allowed = enc.trie.next_tokens(path[:t])
+        norm = torch.logsumexp(logits[allowed] if constrained else logits, 0)
+        probs = {tok: float(logits[tok] - norm) for tok in allowed}
         ranked = sorted(probs.values(), reverse=True)
         if len(ranked) >= num_beams and probs[path[t]] < ranked[num_beams - 1] - 1e-6:
             return True
@@ -81,6 +80,29 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
     assert result == summarize_pruning(expected_users, (1, 3, 5), decode)
     assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
     assert result["PR@5"]["eligible"] > 0
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_no_violation_where_fewer_than_b_tokens_are_valid(setup, constrained):
+    """With B above every node's number of valid children the condition holds at every step, whatever
+    the invalid tokens' probabilities (they can never take a beam's place)."""
+    model, enc = setup
+    prompt = enc.prompt_ids([1, 5])
+    for title in set(TITLES):
+        path = tuple(enc.target_ids(next(i for i, t in enumerate(TITLES, start=1) if t == title)))
+        assert not violates_condition(model, enc.trie, prompt, path, 16)
+        assert violates_condition(model, enc.trie, prompt, path, 1) == any(
+            logits_rank > 0 for logits_rank in _ranks_among_valid(model, enc, prompt, path))
+
+
+@torch.no_grad()
+def _ranks_among_valid(model, enc, prompt, path):
+    """The target token's 0-based rank among the valid next tokens, at each step (by logit)."""
+    ranks = []
+    for t in range(len(path)):
+        logits = model(torch.tensor([prompt + list(path[:t])])).logits[0, -1]
+        ranks.append(sum(float(logits[tok]) > float(logits[path[t]]) for tok in enc.trie.next_tokens(path[:t])))
+    return ranks
 
 
 def test_summary_by_hand():

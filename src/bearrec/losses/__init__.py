@@ -81,12 +81,12 @@ def validate(cfg: LossConfig) -> None:
 
 
 @torch.no_grad()
-def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed, num_beams: int,
-                      constrained: bool = True) -> dict[str, float]:
-    """Share of response tokens inside the top-B of their step (the necessary condition) and the
-    mean pruning margin log beta - log p over positions with at least B candidates."""
-    terms = bear_terms(logits, targets, allowed if constrained else None, base="msl" if constrained else "sft",
-                       num_beams=num_beams)
+def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed, num_beams: int) -> dict[str, float]:
+    """Share of response tokens inside the top-B of the trie-valid tokens of their step (the
+    necessary condition, whatever the loss) and the mean pruning margin log beta - log p over
+    positions with at least B valid tokens. The margin is the same under a softmax over the valid
+    tokens or over the vocabulary (one normaliser cancels), so sft runs are measured the same way."""
+    terms = bear_terms(logits, targets, allowed, base="msl", num_beams=num_beams)
     margin = terms.margin
     finite = torch.isfinite(margin)
     return {"inside_top_b": float(terms.inside_top_b.float().mean()),
