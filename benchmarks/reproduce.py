@@ -85,6 +85,20 @@ def _valid_ndcg(run: Path) -> float | None:
     return next((v for k, v in best.items() if k.startswith("valid_ndcg")), None)
 
 
+def select_candidate(candidates: dict[str, list[Path]]) -> dict[str, dict]:
+    """Mean validation (and test) NDCG@10 of every lambda/xi candidate over the seeds that every
+    candidate finished, so that candidates with more finished seeds are not favoured or penalised by
+    the extra seeds; without a common seed, over each candidate's own seeds."""
+    seeds = [{r.name: r for r in v} for v in candidates.values()]
+    common = set.intersection(*(set(s) for s in seeds)) if seeds else set()
+    out = {}
+    for name, by_seed in zip(candidates, seeds):
+        members = [by_seed[k] for k in sorted(common)] if common else list(by_seed.values())
+        out[name] = {"seeds": len(members), "valid_ndcg@10": statistics.fmean(_valid_ndcg(r) or 0 for r in members),
+                     "test_ndcg@10": statistics.fmean(_metrics(r)["test"]["item"]["NDCG@10"] for r in members)}
+    return out
+
+
 def plot_seeds(values: dict[str, list[float]], path: Path, dataset: str) -> None:
     """Test NDCG@10 of every seed (dots) and the mean (bar) per method."""
     import matplotlib
@@ -114,9 +128,7 @@ def report(args) -> dict:
         if not runs:
             continue
         candidates = {k: v for k, v in runs.items() if k.startswith("bear-")}
-        selection = {k: {"seeds": len(v), "valid_ndcg@10": statistics.fmean(_valid_ndcg(r) or 0 for r in v),
-                         "test_ndcg@10": statistics.fmean(_metrics(r)["test"]["item"]["NDCG@10"] for r in v)}
-                     for k, v in candidates.items()}
+        selection = select_candidate(candidates)
         chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
         compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
         table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap)
