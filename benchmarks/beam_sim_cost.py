@@ -61,7 +61,9 @@ def main() -> None:
             t = step(variant, batch)
             if r:  # round 0 warms up
                 times[variant].append(t)
-    steps_per_epoch = math.ceil(len(dataset.train) / (bs * cfg.train.grad_accum))
+    examples = len(dataset.train) if cfg.train.max_train_examples is None else min(
+        len(dataset.train), cfg.train.max_train_examples)  # what the trainer trains on
+    steps_per_epoch = math.ceil(examples / (bs * cfg.train.grad_accum))
     median = {v: statistics.median(ts) for v, ts in times.items()}
     print(f"{args.config}: batch {bs}, {steps_per_epoch} steps per epoch, {args.rounds} timed rounds, "
           f"{torch.get_num_threads()} threads")
