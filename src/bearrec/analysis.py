@@ -21,7 +21,7 @@ from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
 from bearrec.decoding import _Prefilled
 from bearrec.evaluation import Recommender
-from bearrec.losses import log_beta
+from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
 
 
@@ -58,13 +58,9 @@ def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[in
     divides them by one normaliser), so the check needs no `constrained_softmax`."""
     ids = torch.tensor([prompt + list(path[:-1])], device=next(model.parameters()).device)
     logits = model(ids).logits[0, len(prompt) - 1:].float().cpu()
-    nodes = trie.walk(path)
-    for t, tok in enumerate(path):
-        allowed = trie.next_tokens_of(nodes[t])
-        valid = logits[t, allowed]
-        if float(valid[allowed.index(tok)]) < float(log_beta(valid[None], num_beams)[0]):
-            return True
-    return False
+    allowed = Allowed.from_trie(trie, torch.tensor(trie.walk(path)))
+    terms = bear_terms(logits, torch.tensor(path), allowed, base="msl", num_beams=num_beams)
+    return not bool(terms.inside_top_b.all())  # the training log's condition (`condition_metrics`)
 
 
 def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), progress: bool = True) -> dict:
