@@ -30,6 +30,7 @@ def main() -> None:
 
     from bearrec.config import load_config
     from bearrec.data import load_dataset
+    from bearrec.evaluation import seeded_subset
     from bearrec.training import Collator, TrainingSet, batch_loss, build_encoder_and_model
 
     cfg = load_config(args.config, [])
@@ -61,8 +62,7 @@ def main() -> None:
             t = step(variant, batch)
             if r:  # round 0 warms up
                 times[variant].append(t)
-    examples = len(dataset.train) if cfg.train.max_train_examples is None else min(
-        len(dataset.train), cfg.train.max_train_examples)  # what the trainer trains on
+    examples = len(seeded_subset(len(dataset.train), cfg.train.max_train_examples))  # the trainer's sample
     steps_per_epoch = math.ceil(examples / (bs * cfg.train.grad_accum))
     median = {v: statistics.median(ts) for v, ts in times.items()}
     print(f"{args.config}: batch {bs}, {steps_per_epoch} steps per epoch, {args.rounds} timed rounds, "
