@@ -5,7 +5,8 @@ bear chosen on validation only.
     python benchmarks/reproduce.py --datasets office,book --seeds 0,1,2,3,4 --jobs 12 --root runs/repro
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
 
-Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml plus the method's overrides),
+Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml, or with --backbone smollm2 the
+SmolLM2-135M + LoRA configs, plus the method's overrides),
 `--jobs` at a time in child processes; a run that failed or was cut off is left out of the tables and
 named. The pruning analysis (every title scored, PR@K, violation share) runs for the seed given by
 --pruning-seed only (on --pruning-users test users, default all): it costs more than the training. Writes ROOT/summary.md,
@@ -25,8 +26,11 @@ from bearrec.errors import BearrecError
 from bearrec.report import compare, to_csv, to_markdown
 from bearrec.sweep import run_parallel
 
-CONFIGS = {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml",
-           "movielens-1m": "configs/movielens-tiny.yaml"}
+CONFIGS = {"tiny": {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml",
+                    "movielens-1m": "configs/movielens-tiny.yaml"},
+           # the pretrained backbone (LoRA); office is the results.md setting, the other two the paper's budget
+           "smollm2": {"office": "configs/office-smollm2.yaml", "book": "configs/book-smollm2.yaml",
+                       "movielens-1m": "configs/movielens-1m.yaml"}}
 FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT decodes with HF's default
          "msl": ["loss.name=msl"],
          "violators": ["loss.name=bear", "loss.bear.form=violators", "loss.bear.lam=1", "loss.bear.xi=1"]}
@@ -67,7 +71,8 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
                     start = Path(args.root) / dataset / "sft" / f"seed={seed}" / "model"
                     overrides = [*overrides, f"model.name_or_path={start}"]
                 pruning = f"analysis.pruning_users={args.pruning_users if seed == args.pruning_seed else 0}"
-                runs.append((["run", "--config", CONFIGS[dataset], *overrides, f"seed={seed}", pruning,
+                config = CONFIGS[args.backbone][dataset]
+                runs.append((["run", "--config", config, *overrides, f"seed={seed}", pruning,
                               f"output_dir={out}", *args.overrides], out))
     return runs
 
@@ -179,6 +184,8 @@ def report(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="office,book", type=lambda s: s.split(","))
+    p.add_argument("--backbone", default="tiny", choices=sorted(CONFIGS),
+                   help="tiny: configs/<dataset>-tiny.yaml; smollm2: the SmolLM2-135M + LoRA configs")
     p.add_argument("--seeds", default="0,1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--bear-grid", default="0.25:2.75,1:1,4:0.25",
                    type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
@@ -195,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only build the tables from finished runs")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.epochs=1)")
     args = p.parse_args(argv)
-    unknown = [d for d in args.datasets if d not in CONFIGS]
+    unknown = [d for d in args.datasets if d not in CONFIGS[args.backbone]]
     if unknown:
-        p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS)}")
+        p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS[args.backbone])}")
     if not args.report_only:
         for phase in (1, 2):
             runs = plan(args, phase)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bearrec import prefix_attention
+from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
 
 
@@ -195,6 +196,9 @@ def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float
         counts, toks, children = trie.children(beam_node)
         rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         step_lp = scorer.child_log_probs(state, rows, toks, counts)
+        if bool(torch.isnan(step_lp).any()):
+            raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
+                             "training run?): nothing can be ranked")
         acc = beam_score[rows] + step_lp
         cand_len = beam_len[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
         cand_prompt = beam_prompt[rows]

@@ -14,6 +14,7 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, save_config, to_dict
+from bearrec.errors import BearrecError
 from bearrec.data.encode import EncodedExample, Encoder
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
 from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_loss_parts, condition_metrics,
@@ -189,6 +191,36 @@ class EpochSelection(TrainerCallback):
         trainer.accelerator.wait_for_everyone()
 
 
+class TrainingDiverged(BearrecError, RuntimeError):
+    pass
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops training with a clear error at the first logged non-finite loss or gradient norm
+    (Trainer would otherwise train on: NaN weights decode to empty recommendation lists)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDiverged(
+                    f"training diverged at step {state.global_step} (epoch {state.epoch:.2f}): {key} is {value}; "
+                    f"checkpoints of finished epochs are in {self.run_dir / 'checkpoints'}. Try a lower "
+                    f"train.learning_rate or train.bf16=false")
+
+
+def attention_backends():
+    """Context for training: every SDPA backend except cuDNN's. On an H200 (torch 2.11, CUDA 13) its
+    backward returned NaN gradients whenever a masked batch was 320 or 448 tokens wide
+    (`benchmarks/sdpa_nan_check.py`); the memory-efficient kernel gave none."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def check_config(cfg: Config) -> None:
     """Everything that can be checked before data and model are loaded."""
     validate(cfg.loss)
@@ -240,14 +272,15 @@ def train(cfg: Config, resume: bool = False) -> Path:
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16,
         logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none", seed=cfg.seed,
         data_seed=cfg.seed, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=False)
+        dataloader_num_workers=0, disable_tqdm=False, logging_nan_inf_filter=False)
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
-                          callbacks=[selection] if selection else [])
+                          callbacks=[DivergenceGuard(run_dir), *([selection] if selection else [])])
     if selection:
         selection.trainer = trainer
-    result = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
+    with attention_backends():
+        result = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
     if trainer.accelerator.is_main_process:
         runtime = result.metrics.get("train_runtime", 0.0)
         atomic_write_text(run_dir / "train_metrics.json", json.dumps({

@@ -11,7 +11,7 @@ from bearrec.cli import main
 from bearrec.config import load_config
 from bearrec.data.authors import load_authors_dir
 from bearrec.losses import LOSSES, Allowed
-from bearrec.training import Collator, TrainingSet, build_encoder_and_model, train
+from bearrec.training import Collator, TrainingSet, attention_backends, build_encoder_and_model, train
 from tests.conftest import write_authors
 
 TINY = ["model.name_or_path=tiny", "model.lora.enabled=false", "prompt.template=compact",
@@ -160,6 +160,24 @@ def test_bad_config_fails_before_loading_anything(data_dir, tmp_path, capsys, ov
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_diverging_training_stops_with_a_clear_error(data_dir, tmp_path, capsys):
+    """Trainer alone trains on after a NaN (and logs its loss as 0); the run must stop at once."""
+    argv = ["train", f"data.name={data_dir}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}", *TINY,
+            "train.epochs=2", "train.learning_rate=1e10"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "eval-test").exists()
+
+
+def test_training_attention_leaves_out_the_cudnn_backend():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_backends():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_missing_data_fails_before_the_model(tmp_path, capsys):

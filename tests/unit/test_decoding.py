@@ -1,6 +1,7 @@
 """The decoder against two independent oracles: Hugging Face generate with a trie
 prefix_allowed_tokens_fn, and exhaustive teacher-forced scoring of every title."""
 
+import copy
 import math
 import random
 
@@ -12,7 +13,7 @@ from bearrec.data.catalogue import Catalogue
 from bearrec.data.encode import Encoder
 from bearrec.data.prompts import PromptTemplate
 from bearrec.decoding import Ranked, beam_search
-from bearrec.modeling import build_tiny, build_tiny_model
+from bearrec.modeling import ModelError, build_tiny, build_tiny_model
 from bearrec.oracles import exhaustive_scores, hf_beam_search, same_ranking
 from bearrec.trie import TitleTrie
 
@@ -139,6 +140,15 @@ def test_bad_arguments(setup):
         beam_search(model, enc.trie, prompts[:1], 0)
     with pytest.raises(ValueError, match="at least one token"):
         beam_search(model, enc.trie, [prompts[0], []], 2)
+
+
+def test_nan_weights_are_a_clear_error_not_empty_lists(setup):
+    model, tok, enc, prompts = setup
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.lm_head.weight[:] = float("nan")
+    with pytest.raises(ModelError, match="log-probabilities are NaN"):
+        beam_search(broken, enc.trie, prompts[:2], 3)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
