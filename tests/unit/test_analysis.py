@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from bearrec.analysis import analyze, plot_pruning, score_all_titles, summarize_pruning, violates_condition
+from bearrec.analysis import (analyze, overall_rank, plot_pruning, score_all_titles, summarize_pruning,
+                              violates_condition)
 from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
 from bearrec.data.catalogue import Catalogue, Example
 from bearrec.data.encode import Encoder
@@ -58,6 +59,34 @@ def test_all_title_scores_equal_exhaustive_teacher_forcing(setup, constrained):
             assert got[enc.trie.node_of(path)] == pytest.approx(score, abs=1e-4)
 
 
+@pytest.mark.parametrize("constrained", [True, False])
+def test_floor_returns_every_title_above_it(setup, constrained):
+    model, enc = setup
+    prompt = enc.prompt_ids([3, 7])
+    full = score_all_titles(model, enc.trie, prompt, constrained)
+    for floor in sorted(full.values())[1::3]:
+        got = score_all_titles(model, enc.trie, prompt, constrained, floor=floor - 1e-4)
+        assert {n for n, v in full.items() if v > floor - 1e-4} <= set(got) < set(full)
+        assert all(got[n] == pytest.approx(full[n], abs=1e-5) for n in got)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_capped_rank_equals_the_full_rank_below_the_cap(setup, constrained):
+    model, enc = setup
+    rng = random.Random(5)
+    paths = sorted(set(enc.trie.item_paths.values()))
+    seen = set()
+    for _ in range(30):
+        prompt = enc.prompt_ids([rng.randint(1, 16) for _ in range(rng.randint(1, 4))])
+        target = rng.choice(paths)
+        full = overall_rank(model, enc.trie, prompt, target, constrained)
+        for cap in (1, 3, 16):
+            candidates = rng.sample(paths, rng.randint(0, 6))
+            assert overall_rank(model, enc.trie, prompt, target, constrained, candidates, cap) == min(full, cap)
+        seen.add(full)
+    assert min(seen) == 0 and max(seen) > 3
+
+
 @pytest.mark.parametrize("constrained, num_beams", [(True, 2), (True, 3), (False, 2)])
 def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams):
     model, enc = setup
@@ -67,6 +96,7 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
     decode = DecodeConfig(num_beams=num_beams, constrained_softmax=constrained, batch_size=8)
     rec = Recommender(model, enc, decode)
     result = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False)
+    uncapped = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False, exact_ranks=True)
     expected_users = []
     for e, ranked in zip(examples, rec.recommend([e.history for e in examples])):
         prompt = enc.prompt_ids(e.history)
@@ -76,8 +106,10 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
         pruned = not any(e.target in items for items in ranked.items)
         violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned else None
         expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
-    assert result["users"] == expected_users
-    assert result == summarize_pruning(expected_users, (1, 3, 5), decode)
+    assert uncapped["users"] == expected_users and uncapped["rank_cap"] is None
+    assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5)} for u in expected_users]
+    assert result == {**summarize_pruning(expected_users, (1, 3, 5), decode), "users": result["users"], "rank_cap": 5}
+    assert any(u["overall_rank"] > 5 for u in expected_users)  # the cap was exercised
     assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
     assert result["PR@5"]["eligible"] > 0
 

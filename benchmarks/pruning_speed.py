@@ -1,0 +1,61 @@
+"""Speed of the pruning analysis: every title scored per user (`exact_ranks`) vs the capped rank
+(the beam's own titles scored first, then only prefixes above the target's score walked), on the
+same users of a finished run, with a check that PR@K and violations agree.
+
+    python benchmarks/pruning_speed.py --run runs/repro-cpu/office/msl/seed=0 --users 30
+
+Prints seconds per user for both and `RESULT pruning_speedup <exact s / capped s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from bearrec.analysis import analyze
+from bearrec.config import load_config
+from bearrec.data import load_dataset
+from bearrec.data.encode import Encoder
+from bearrec.data.prompts import PromptTemplate
+from bearrec.evaluation import Recommender, seeded_subset
+from bearrec.modeling import load_tokenizer
+from bearrec.training import _load_exported
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a finished `bearrec run` / `bearrec train` directory")
+    p.add_argument("--users", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(f"{args.run}/config.yaml")
+    dataset = load_dataset(cfg.data)
+    model = _load_exported(f"{args.run}/model", cfg)
+    encoder = Encoder(load_tokenizer(f"{args.run}/model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
+                      dataset.catalogue)
+    recommender = Recommender(model, encoder, cfg.decode)
+    indices = seeded_subset(len(dataset.test), args.users)
+    ks = tuple(cfg.analysis.ks)
+    seconds, results = {}, {}
+    for name, exact in (("capped", False), ("exact", True)):
+        start = time.perf_counter()
+        results[name] = analyze(recommender, dataset.test, indices, ks=ks, progress=False, exact_ranks=exact)
+        seconds[name] = time.perf_counter() - start
+        print(f"{name}: {seconds[name] / len(indices):.3f} s per user ({len(indices)} users, the decode included)")
+    cap = max(ks)
+    agree = all(a["overall_rank"] == min(b["overall_rank"], cap) and a["pruned"] == b["pruned"]
+                and a["violation"] == b["violation"] for a, b in zip(results["capped"]["users"], results["exact"]["users"]))
+    for k in ks:
+        print(f"PR@{k}: capped {results['capped'][f'PR@{k}']}, exact {results['exact'][f'PR@{k}']}")
+    print(f"every user agrees: {agree}")
+    print(f"RESULT pruning_speedup {seconds['exact'] / seconds['capped']:.1f}")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
