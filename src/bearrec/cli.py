@@ -215,7 +215,7 @@ def cmd_analyze_pruning(args) -> int:
         cfg, dataset, recommender = _inference_setup(args_one)
         examples = dataset.split(args.split)
         indices = seeded_subset(len(examples), args.limit)
-        result = analyze(recommender, examples, indices)
+        result = analyze(recommender, examples, indices, exact_ranks=args.exact_ranks)
         result.update(split=args.split, dataset=dataset.name, model=model)
         run = Path(model)
         out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
@@ -365,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = analyze.add_parser("pruning", help="PR@K and necessary-condition violations (paper Figs. 3, 4, 6)")
     inference_flags(p, several=True)
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
-    p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users (scoring every title is slow)")
+    p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users (default: the whole split)")
+    p.add_argument("--exact-ranks", action="store_true", help="score every title for every user, so that "
+                   "overall_rank is exact beyond K too (many times slower; PR@K is the same)")
     p.add_argument("--out", help="where the plot goes (default: the first run's pruning-SPLIT/)")
     p.set_defaults(func=cmd_analyze_pruning)
 

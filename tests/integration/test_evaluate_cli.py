@@ -118,7 +118,12 @@ def test_analyze_pruning_cli(run_dir, tmp_path, capsys):
     assert printed.count("PR@5") == 2 and "pruning.json" in printed
     result = json.loads((run_dir / "pruning-test" / "pruning.json").read_text())
     assert result["num_users"] == 2 and result["num_beams"] == 2 and len(result["users"]) == 2
+    assert result["rank_cap"] == 10
     assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"
+    assert main([*argv[:4], "--split", "test", "--num-beams", "2", "--exact-ranks"]) == 0
+    exact = json.loads((run_dir / "pruning-test" / "pruning.json").read_text())
+    assert exact["rank_cap"] is None
+    assert [min(u["overall_rank"], 10) for u in exact["users"]] == [u["overall_rank"] for u in result["users"]]
 
 
 def test_run_labels_tell_runs_apart():
