@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = time.perf_counter() - start
         print(f"{name}: {seconds[name] / len(indices):.3f} s per user ({len(indices)} users, the decode included)")
     cap = max(ks)
+    pairs = zip(results["capped"]["users"], results["exact"]["users"])
     agree = all(a["overall_rank"] == min(b["overall_rank"], cap) and a["pruned"] == b["pruned"]
-                and a["violation"] == b["violation"] for a, b in zip(results["capped"]["users"], results["exact"]["users"]))
+                and a["violation"] == b["violation"] for a, b in pairs)
     for k in ks:
         print(f"PR@{k}: capped {results['capped'][f'PR@{k}']}, exact {results['exact'][f'PR@{k}']}")
     print(f"every user agrees: {agree}")
