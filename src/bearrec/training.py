@@ -24,8 +24,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, save_config, to_dict
-from bearrec.errors import BearrecError
 from bearrec.data.encode import EncodedExample, Encoder
+from bearrec.errors import BearrecError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
 from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_loss_parts, condition_metrics,
                             preference_loss_parts, validate)
