@@ -6,11 +6,11 @@ bear chosen on validation only.
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
 
 Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml, or with --backbone smollm2 the
-SmolLM2-135M + LoRA configs, plus the method's overrides),
-`--jobs` at a time in child processes; a run that failed or was cut off is left out of the tables and
-named. The pruning analysis (PR@K, violation share) runs for the seed given by
---pruning-seed only (on --pruning-users test users, default all): it costs more than the training. Writes ROOT/summary.md,
-ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and ROOT/<dataset>/pruning.png.
+SmolLM2-135M + LoRA configs, plus the method's overrides), `--jobs` at a time in child processes; a
+run that failed or was cut off is left out of the tables and named. The pruning analysis (PR@K,
+violation share) runs for the seed given by --pruning-seed only (on --pruning-users test users,
+default all). Writes ROOT/summary.md, ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and
+ROOT/<dataset>/pruning.png.
 """
 
 from __future__ import annotations
