@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from bearrec.analysis import analyze
 from bearrec.config import load_config
-from bearrec.data import load_dataset
-from bearrec.data.encode import Encoder
-from bearrec.data.prompts import PromptTemplate
-from bearrec.evaluation import Recommender, seeded_subset
-from bearrec.modeling import load_tokenizer
-from bearrec.training import _load_exported
+from bearrec.driver import run_recommender
+from bearrec.evaluation import seeded_subset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(f"{args.run}/config.yaml")
-    dataset = load_dataset(cfg.data)
-    model = _load_exported(f"{args.run}/model", cfg)
-    encoder = Encoder(load_tokenizer(f"{args.run}/model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
-                      dataset.catalogue)
-    recommender = Recommender(model, encoder, cfg.decode)
+    cfg = load_config(Path(args.run) / "config.yaml")
+    dataset, recommender = run_recommender(cfg, Path(args.run))
     indices = seeded_subset(len(dataset.test), args.users)
     ks = tuple(cfg.analysis.ks)
     seconds, results = {}, {}

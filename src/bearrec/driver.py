@@ -56,12 +56,12 @@ def run(cfg: Config, progress: bool = True) -> Path:
     return run_dir
 
 
-def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
-    from bearrec.analysis import analyze, plot_pruning, write_pruning
+def run_recommender(cfg: Config, run_dir: Path):
+    """(dataset, Recommender) of a finished run: its exported `model/` with the run's prompt and decoding."""
     from bearrec.data import load_dataset
     from bearrec.data.encode import Encoder
     from bearrec.data.prompts import PromptTemplate
-    from bearrec.evaluation import Recommender, seeded_subset
+    from bearrec.evaluation import Recommender
     from bearrec.modeling import load_tokenizer
     from bearrec.training import _load_exported
 
@@ -69,9 +69,16 @@ def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     model = _load_exported(run_dir / "model", cfg)
     encoder = Encoder(load_tokenizer(run_dir / "model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
                       dataset.catalogue)
+    return dataset, Recommender(model, encoder, cfg.decode)
+
+
+def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
+    from bearrec.analysis import analyze, plot_pruning, write_pruning
+    from bearrec.evaluation import seeded_subset
+
+    dataset, recommender = run_recommender(cfg, run_dir)
     indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users)
-    result = analyze(Recommender(model, encoder, cfg.decode), dataset.test, indices, ks=cfg.analysis.ks,
-                     progress=progress)
+    result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress)
     write_pruning(run_dir / "pruning-test", result)
     plot_pruning({run_dir.name: result}, run_dir / "pruning-test" / "pruning.png", ks=cfg.analysis.ks)
 
