@@ -4,7 +4,8 @@ pruning rate PR@K, and how many prunings violate the token-level necessary condi
 - `score_all_titles`: log P(title | prompt) for every catalogue title, by one forward per trie
   node (level by level, prompt KV shared), not one forward per title.
 - `overall_rank`: the target's rank by that probability, exact below a cap (max K): the titles beam
-  search returned are scored first, then only prefixes scoring above the target are walked.
+  search returned are scored first, then only prefixes scoring above the target are walked, until
+  max K titles beat it.
 - PR@K: among users whose target ranks in the top K by overall probability, the share whose target
   beam search did not return.
 - violation: at some step the target token's probability is below the B-th largest probability of
@@ -30,14 +31,10 @@ FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16
 
 
 @torch.no_grad()
-def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool = True,
-                     floor: float | None = None) -> dict[int, float]:
+def score_all_titles(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool = True) -> dict[int, float]:
     """{terminal node: sum of token log-probs of its path} for every title in the trie: the trie
-    is walked level by level, one forward per internal node, every node a row of one prompt.
-    `floor`: prefixes scoring at or below it are not expanded (a log-probability is <= 0, so none of
-    their titles can score above it); titles above the floor all come back, some below it too."""
-    return _walk(model, trie, prompt, constrained_softmax,
-                 None if floor is None else (lambda children, scores: scores > floor))
+    is walked level by level, one forward per internal node, every node a row of one prompt."""
+    return _walk(model, trie, prompt, constrained_softmax, None)
 
 
 @torch.no_grad()
@@ -48,9 +45,21 @@ def score_paths(model, trie: TitleTrie, prompt: list[int], paths, constrained_so
                  lambda children, scores: torch.tensor([int(c) in wanted for c in children.tolist()], dtype=torch.bool))
 
 
-def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, expand) -> dict[int, float]:
+@torch.no_grad()
+def titles_above(model, trie: TitleTrie, prompt: list[int], score: float, cap: int, constrained_softmax: bool = True,
+                 slack: float = 0.0, exclude: int | None = None) -> dict[int, float]:
+    """Scores of titles (terminal node: log-prob), among them every title scoring above `score` or
+    at least `cap` of those (node `exclude` not counted): only prefixes above `score - slack` are
+    walked (a log-prob is <= 0: no title scores more than its prefix), and the walk stops after the
+    level where `cap` titles beat `score` (short titles finish first: a target that many titles
+    outscore costs a few levels)."""
+    return _walk(model, trie, prompt, constrained_softmax, lambda children, scores: scores > score - slack,
+                 stop=lambda out: _above(out, exclude, score) >= cap)
+
+
+def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, expand, stop=None) -> dict[int, float]:
     """Level by level from the root; `expand(children, scores)` picks which non-terminal children
-    are walked on (None: all)."""
+    are walked on (None: all); `stop(found)` ends the walk after a level."""
     run = _Prefilled(model, [prompt], constrained_softmax, pad_token_id=0, shared_prefix=None)
     nodes, scores, state = torch.zeros(1, dtype=torch.long), torch.zeros(1), run.state
     out: dict[int, float] = {}
@@ -63,7 +72,7 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
             ends = toks == trie.eos_token_id
             out.update(zip(children[ends].tolist(), child_scores[ends].tolist()))
             go = ~ends if expand is None else ~ends & expand(children, child_scores)
-            if not bool(go.any()):
+            if not bool(go.any()) or (stop is not None and stop(out)):
                 break
             nodes, scores = children[go], child_scores[go]
             depth += 1
@@ -76,18 +85,25 @@ def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, .
     """How many titles have a higher overall probability P(title | prompt) than the target (path of
     token ids), exact below `cap` and `cap` otherwise (None: always exact, every title scored).
     `candidates` (paths, e.g. what beam search returned) are scored first: when `cap` of them beat
-    the target, nothing else is needed; else only prefixes scoring above the target's are walked."""
+    the target, nothing else is needed; else `titles_above` walks the prefixes scoring above the
+    target's until `cap` titles beat it."""
     node = trie.node_of(target)
     if cap is None:
         scores = score_all_titles(model, trie, prompt, constrained_softmax)
     else:
         scores = score_paths(model, trie, prompt, [target, *candidates], constrained_softmax)
-        if sum(v > scores[node] for n, v in scores.items() if n != node) < cap:
-            scores = score_all_titles(model, trie, prompt, constrained_softmax, floor=scores[node] - FLOOR_SLACK)
-            if node not in scores:  # rounding beyond the slack: score everything
-                scores = score_all_titles(model, trie, prompt, constrained_softmax)
-    rank = sum(v > scores[node] for n, v in scores.items() if n != node)
+        if _above(scores, node, scores[node]) < cap:
+            found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node)
+            if _above(found, node, scores[node]) >= cap:
+                return cap
+            scores = found if node in found else score_all_titles(model, trie, prompt, constrained_softmax)
+            # (target not reached: rounding beyond the slack, so every title is scored)
+    rank = _above(scores, node, scores[node])
     return rank if cap is None else min(rank, cap)
+
+
+def _above(scores: dict[int, float], node: int | None, score: float) -> int:
+    return sum(v > score for n, v in scores.items() if n != node)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from bearrec.analysis import (analyze, overall_rank, plot_pruning, score_all_titles, summarize_pruning,
+from bearrec.analysis import (analyze, overall_rank, plot_pruning, score_all_titles, summarize_pruning, titles_above,
                               violates_condition)
 from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
 from bearrec.data.catalogue import Catalogue, Example
@@ -60,14 +60,23 @@ def test_all_title_scores_equal_exhaustive_teacher_forcing(setup, constrained):
 
 
 @pytest.mark.parametrize("constrained", [True, False])
-def test_floor_returns_every_title_above_it(setup, constrained):
+def test_titles_above_a_score_come_back_until_cap_of_them_are_found(setup, constrained):
     model, enc = setup
     prompt = enc.prompt_ids([3, 7])
     full = score_all_titles(model, enc.trie, prompt, constrained)
-    for floor in sorted(full.values())[1::3]:
-        got = score_all_titles(model, enc.trie, prompt, constrained, floor=floor - 1e-4)
-        assert {n for n, v in full.items() if v > floor - 1e-4} <= set(got) < set(full)
-        assert all(got[n] == pytest.approx(full[n], abs=1e-5) for n in got)
+    stopped_early = 0
+    for score in sorted(full.values())[1::3]:
+        above = {n for n, v in full.items() if v > score}
+        everything = titles_above(model, enc.trie, prompt, score, cap=len(full), constrained_softmax=constrained)
+        assert above <= set(everything) < set(full)
+        assert all(everything[n] == pytest.approx(full[n], abs=1e-5) for n in everything)
+        for cap in (1, 2, 4):
+            got = titles_above(model, enc.trie, prompt, score, cap, constrained_softmax=constrained)
+            assert all(got[n] == pytest.approx(full[n], abs=1e-5) for n in got)
+            assert len(above & set(got)) >= min(cap, len(above))
+            assert set(got) <= set(everything)
+            stopped_early += len(got) < len(everything)
+    assert stopped_early > 0  # the walk ended before the floor alone would have ended it
 
 
 @pytest.mark.parametrize("constrained", [True, False])
