@@ -130,7 +130,7 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     model, trie = recommender.model, enc.trie
     recs = recommender.recommend([examples[i].history for i in indices], progress=progress)
     users = []
-    for i, rec in tqdm(list(zip(indices, recs)), desc="scoring every title", disable=not progress):
+    for i, rec in tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress):
         example = examples[i]
         prompt = enc.prompt_ids(example.history)
         path = tuple(enc.target_ids(example.target))
