@@ -116,7 +116,7 @@ def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[in
     ids = torch.tensor([prompt + list(path[:-1])], device=next(model.parameters()).device)
     logits = model(ids).logits[0, len(prompt) - 1:].float().cpu()
     allowed = Allowed.from_trie(trie, torch.tensor(trie.walk(path)))
-    terms = bear_terms(logits, torch.tensor(path), allowed, base="msl", num_beams=num_beams)
+    terms = bear_terms(logits, torch.tensor(path), allowed, base="msl", num_beams=num_beams, short_sets="trivial")
     return not bool(terms.inside_top_b.all())  # the training log's condition (`condition_metrics`)
 
 

@@ -104,6 +104,9 @@ class BearConfig:
     lam: float = 0.25  # lambda in the convention of `form`
     xi: float = 2.75  # temperature of the smoothed indicator
     form: Literal["reference", "paper", "violators"] = "reference"
+    # positions with fewer than B valid tokens: min_valid = the authors' released code (beta is the
+    # smallest valid probability there); trivial = the paper's reading (condition met, beta = 0)
+    short_sets: Literal["min_valid", "trivial"] = "min_valid"
 
 
 @dataclass

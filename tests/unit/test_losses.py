@@ -55,12 +55,31 @@ def test_bear_reference_weighting_by_hand(lam, xi):
     expected = (w[0] * CE[0] + w[1] * CE[1] + w[3] * CE[3]) / (w[0] + w[1] + w[3])
     got = bear_loss(logits, targets, allowed, num_beams=2, lam=lam, xi=xi, form="reference")
     assert float(got) == pytest.approx(expected, abs=1e-6)
-    # B=3: A and B keep their margins? A: beta = p2 (3rd of 3): log p1 - log p2 = 1; B: beta = p0 (3rd of 4)
-    # = p3 -> margin 0; D has 2 < 3 valid tokens: condition holds trivially -> weight 1 + lam
-    w3 = [1 + lam * sig(1 / xi), 1 + lam * sig(0), 1 + lam]
-    expected3 = (w3[0] * CE[0] + w3[1] * CE[1] + w3[2] * CE[3]) / sum(w3)
-    got3 = bear_loss(logits, targets, allowed, num_beams=3, lam=lam, xi=xi, form="reference")
-    assert float(got3) == pytest.approx(expected3, abs=1e-6)
+    # B=3: A: beta = p2 (3rd of 3): log p1 - log p2 = 1; B: beta = p0 (3rd of 4) = p3 -> margin 0;
+    # D has 2 < 3 valid tokens. Released code (min_valid): beta = the smaller valid p, which is the
+    # target's own p1 = 1/(e+1) -> weight 1 + lam * sig(0). Paper's reading (trivial): 1 + lam.
+    for short_sets, w_d in (("min_valid", 1 + lam * sig(0)), ("trivial", 1 + lam)):
+        w3 = [1 + lam * sig(1 / xi), 1 + lam * sig(0), w_d]
+        expected3 = (w3[0] * CE[0] + w3[1] * CE[1] + w3[2] * CE[3]) / sum(w3)
+        got3 = bear_loss(logits, targets, allowed, num_beams=3, lam=lam, xi=xi, form="reference", short_sets=short_sets)
+        assert float(got3) == pytest.approx(expected3, abs=1e-6)
+
+
+def test_short_set_threshold_is_the_smallest_valid_probability_by_hand():
+    # D with target 0 instead: valid {0, 1}, logits (1, 0): p0 = e/(e+1), min p = p1 = 1/(e+1)
+    logits = torch.tensor([LOGITS[3]])
+    terms = bear_terms(logits, torch.tensor([0]), Allowed.from_lists([[0, 1]]), num_beams=3)
+    assert float(terms.log_beta[0]) == pytest.approx(-lse(1, 0), abs=1e-6)
+    assert float(terms.margin[0]) == pytest.approx(-1.0, abs=1e-6) and bool(terms.inside_top_b[0])
+    trivial = bear_terms(logits, torch.tensor([0]), Allowed.from_lists([[0, 1]]), num_beams=3, short_sets="trivial")
+    assert float(trivial.log_beta[0]) == -math.inf and bool(trivial.inside_top_b[0])
+    lam, xi = 4.0, 0.25
+    assert float(bear_loss(logits, torch.tensor([0]), Allowed.from_lists([[0, 1]]), num_beams=3, lam=lam, xi=xi)) \
+        == pytest.approx(lse(1, 0) - 1, abs=1e-6)  # one position: the weight cancels in the ratio
+    # paper form: log sigmoid(Delta / xi) with Delta = -1 (min_valid) instead of 0 (trivial, limit form)
+    paper = bear_loss(logits, torch.tensor([0]), Allowed.from_lists([[0, 1]]), num_beams=3, lam=lam, xi=xi,
+                      form="paper")
+    assert float(paper) == pytest.approx(lse(1, 0) - 1 + lam * math.log(sig(-1 / xi)), abs=1e-6)
 
 
 def test_bear_paper_and_violators_by_hand():
@@ -148,7 +167,7 @@ def test_condition_metrics_by_hand():
 @pytest.mark.parametrize("cfg, fragment", [
     (LossConfig(name="ppo"), "unknown"), (LossConfig(pref=PreferenceConfig(beta=0)), "beta"), (LossConfig(tau=0), "tau"),
     (LossConfig(bear=BearConfig(num_beams=0)), "num_beams"), (LossConfig(bear=BearConfig(xi=0)), "xi"),
-    (LossConfig(bear=BearConfig(lam=-1)), "lam"),
+    (LossConfig(bear=BearConfig(lam=-1)), "lam"), (LossConfig(bear=BearConfig(short_sets="none")), "short_sets"),
 ])
 def test_bad_settings(cfg, fragment):
     with pytest.raises(ValueError, match=fragment):

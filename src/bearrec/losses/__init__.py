@@ -12,7 +12,7 @@ from bearrec.losses.allowed import Allowed, log_beta, log_probs
 from bearrec.losses.base import msl_loss, sft_loss
 from bearrec.losses.beam_sim import beam_sim_parts
 from bearrec.losses.preference import PREFERENCE_LOSSES, preference_parts
-from bearrec.losses.bear import FORMS, BearTerms, bear_from_terms, bear_loss, bear_parts, bear_terms
+from bearrec.losses.bear import FORMS, SHORT_SETS, BearTerms, bear_from_terms, bear_loss, bear_parts, bear_terms
 
 def _mean_ce_parts(logits, targets, allowed, tau):
     lp, _ = log_probs(logits, targets, allowed, tau)
@@ -21,7 +21,8 @@ def _mean_ce_parts(logits, targets, allowed, tau):
 
 def _bear_parts(logits, targets, allowed, cfg):
     b = cfg.bear
-    terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau)
+    terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau,
+                       short_sets=b.short_sets)
     return bear_parts(terms, lam=b.lam, xi=b.xi, form=b.form)
 
 
@@ -46,7 +47,8 @@ def preference_loss_parts(logits, targets, allowed, cfg, rows, reference):
     bear = {}
     if cfg.name == "sdpo_bear":
         b = cfg.bear
-        terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau)
+        terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau,
+                           short_sets=b.short_sets)
         bear = dict(lam=b.lam, xi=b.xi, bear_log_p=terms.log_p, bear_log_beta=terms.log_beta)
     return preference_parts(lp, rows, reference, name=cfg.name, beta=cfg.pref.beta, **bear)
 
@@ -74,6 +76,8 @@ def validate(cfg: LossConfig) -> None:
         raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
     if b.lam < 0:
         raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
+    if b.short_sets not in SHORT_SETS:
+        raise ValueError(f"loss.bear.short_sets must be one of {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
     if cfg.pref.beta <= 0:
         raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
     if cfg.pref.num_negatives < 1:
@@ -84,16 +88,18 @@ def validate(cfg: LossConfig) -> None:
 def condition_metrics(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed, num_beams: int) -> dict[str, float]:
     """Share of response tokens inside the top-B of the trie-valid tokens of their step (the
     necessary condition, whatever the loss) and the mean pruning margin log beta - log p over
-    positions with at least B valid tokens. The margin is the same under a softmax over the valid
-    tokens or over the vocabulary (one normaliser cancels), so sft runs are measured the same way."""
-    terms = bear_terms(logits, targets, allowed, base="msl", num_beams=num_beams)
+    positions with at least B valid tokens (a token with fewer than B siblings cannot be pruned at
+    its step, whatever `loss.bear.short_sets` makes the loss do there). The margin is the same under
+    a softmax over the valid tokens or over the vocabulary (one normaliser cancels), so sft runs are
+    measured the same way."""
+    terms = bear_terms(logits, targets, allowed, base="msl", num_beams=num_beams, short_sets="trivial")
     margin = terms.margin
     finite = torch.isfinite(margin)
     return {"inside_top_b": float(terms.inside_top_b.float().mean()),
             "mean_margin": float(margin[finite].mean()) if bool(finite.any()) else 0.0}
 
 
-__all__ = ["Allowed", "BearTerms", "FORMS", "LOSSES", "LOSS_PARTS", "NAMES", "PREFERENCE_LOSSES", "beam_sim_loss_parts",
+__all__ = ["Allowed", "BearTerms", "FORMS", "SHORT_SETS", "LOSSES", "LOSS_PARTS", "NAMES", "PREFERENCE_LOSSES", "beam_sim_loss_parts",
            "beam_sim_parts", "preference_loss_parts", "preference_parts",
            "bear_parts", "bear_from_terms", "bear_loss", "bear_terms",
            "condition_metrics", "log_beta", "log_probs", "msl_loss", "sft_loss", "validate"]
