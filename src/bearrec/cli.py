@@ -248,7 +248,14 @@ def cmd_compare(args) -> int:
     from bearrec.atomic import atomic_write_text
     from bearrec.report import compare, to_csv, to_markdown
 
-    result = compare(args.runs, bootstrap_samples=args.bootstrap, evaluations=tuple(args.eval or ["eval-test"]))
+    pairs = []
+    for pair in args.pair or []:
+        a, sep, b = pair.partition(" - ")
+        if not sep:
+            raise BearrecError(f"--pair {pair!r}: expected 'ROW A - ROW B', e.g. --pair 'bear - msl'")
+        pairs.append((a.strip(), b.strip()))
+    result = compare(args.runs, bootstrap_samples=args.bootstrap, evaluations=tuple(args.eval or ["eval-test"]),
+                     pairs=pairs)
     table = to_markdown(result)
     print(table, end="")
     if args.out:
@@ -353,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", metavar="FOLDER",
                    help="evaluation folder(s) of each run (default eval-test); e.g. --eval eval-test --eval "
                         "eval-test-d3 puts each decoding on its own row")
+    p.add_argument("--pair", action="append", metavar="'A - B'",
+                   help="also report the NDCG@10 difference of these two rows (labels as printed), e.g. "
+                        "--pair 'bear - msl'; the best row - the best other is always reported")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")

@@ -140,7 +140,11 @@ class TrainConfig:
     bf16: bool = False  # autocast
     max_train_examples: Optional[int] = None  # a seeded subsample of the train split
     valid_users: Optional[int] = 200  # seeded validation subset decoded after each epoch; null: all
-    selection_k: int = 10  # the best epoch maximises validation NDCG@selection_k
+    selection_k: int = 10  # epochs are compared by validation NDCG@selection_k
+    # later_within_se: the latest epoch within one paired standard error of the best (bearrec.selection);
+    # max: the best validation NDCG, earliest on ties (the old rule)
+    selection_rule: Literal["later_within_se", "max"] = "later_within_se"
+    min_valid_hits: int = 50  # a choice resting on fewer validation hits at K is flagged (size valid_users by it)
     eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
     test_users: Optional[int] = None  # a seeded subset of the test split; null: all users
     logging_steps: int = 10

@@ -96,9 +96,12 @@ def write_report(cfg: Config, run_dir: Path) -> dict:
     pruning = _read(run_dir / "pruning-test" / "pruning.json")
     if pruning:
         pruning = {k: v for k, v in pruning.items() if k != "users"}
+    last = _read(run_dir / "eval-test-last" / "metrics.json")
+    if last is None and test and selection and selection.get("best"):
+        last = {**test, "epoch": selection["best"]["epoch"]}  # the chosen epoch was the last one
     summary = {"config_hash": config_hash(cfg), "dataset": cfg.data.name, "model": cfg.model.name_or_path,
-               "loss": to_dict(cfg.loss), "seed": cfg.seed, "test": test, "selection": selection,
-               "training": timing, "pruning": pruning}
+               "loss": to_dict(cfg.loss), "seed": cfg.seed, "test": test, "test_last_epoch": last,
+               "selection": selection, "training": timing, "pruning": pruning}
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if selection and selection["epochs"]:
         _plot_curve(selection, run_dir / "valid_curve.png")
@@ -123,6 +126,19 @@ def _plot_curve(selection: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _choice_sentence(sel: dict) -> str:
+    c = sel.get("choice")
+    if not c:
+        return "Chosen by the largest validation NDCG."
+    text = f"Rule `{c['rule']}`: epoch {c['epoch']} (best mean: epoch {c['best_by_mean']})."
+    if c["nearest"] is not None:
+        text += (f" Nearest other epoch {c['nearest']}: {c['gap']:+.4f} (paired SE {c['gap_se']:.4f})"
+                 + (", within noise." if c["within_noise"] else ", outside one SE."))
+    if c.get("few_valid_hits"):
+        text += f" Only {sel['best'].get('hits')} validation hits (< {c['min_valid_hits']}): validate on more users."
+    return text
+
+
 def _markdown(s: dict, run_dir: Path) -> str:
     loss = s["loss"]
     lines = [f"# Run `{run_dir.name}`", "",
@@ -142,9 +158,16 @@ def _markdown(s: dict, run_dir: Path) -> str:
     sel = s["selection"]
     if sel and sel["epochs"]:
         key = next(k for k in sel["epochs"][0] if k.startswith("valid_ndcg"))
-        lines += [f"## Validation (epoch chosen: {sel['best']['epoch']})", "", f"| epoch | {key} |", "|---|---|"]
-        lines += [f"| {e['epoch']} | {e[key]:.4f} |" for e in sorted(sel["epochs"], key=lambda e: e["epoch"])]
-        lines += ["", "![validation curve](valid_curve.png)", ""]
+        lines += [f"## Validation (epoch chosen: {sel['best']['epoch']})", "", f"| epoch | {key} | hits | users |",
+                  "|---|---|---|---|"]
+        lines += [f"| {e['epoch']} | {e[key]:.4f} | {e.get('hits', '')} | {e.get('users', '')} |"
+                  for e in sorted(sel["epochs"], key=lambda e: e["epoch"])]
+        lines += ["", _choice_sentence(sel), "", "![validation curve](valid_curve.png)", ""]
+        last = s.get("test_last_epoch")
+        if test and last and last.get("epoch") != sel["best"]["epoch"]:
+            lines += [f"The last epoch ({last['epoch']}) on the same test users: NDCG@10 {last['item'].get('NDCG@10', 0):.4f}, "
+                      f"HR@10 {last['item'].get('HR@10', 0):.4f} (chosen epoch {sel['best']['epoch']}: NDCG@10 "
+                      f"{test['item'].get('NDCG@10', 0):.4f}).", ""]
     if s["training"]:
         t = s["training"]
         lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, "

@@ -1,9 +1,15 @@
 """`bearrec compare`: one table across runs, paper Table 2 style.
 
-Rows are methods, columns dataset x {NDCG, HR}@K. Several seeds of a method give mean +- std.
-"Imp.%" is the best method's gain over the best other method per column; for NDCG@10 the best
-method is compared with the best other by a paired bootstrap over test users (95% CI of the
-per-user NDCG@10 difference, seeds averaged per user), which needs the same test users in both.
+Rows are methods, columns dataset x {NDCG, HR}@K. A row holds the runs of one dataset whose configs
+are identical except for the seed (and the seed's own paths, e.g. a preference run's sft start):
+a row is labelled by the method (loss name, form, base) plus every setting that differs between the
+compared runs of that method (`bear (lam=4, xi=0.25)`), so different settings are never averaged,
+and two runs with one label and one seed are an error naming both. Several seeds give mean +- std.
+"Imp.%" is the best method's gain over the best other per column. For NDCG@10 the best row is
+compared with the best other (or the `pairs` asked for) by a two-stage bootstrap: seeds, then test
+users within each seed (`bearrec.stats`), so seed-to-seed variance enters the interval; the
+per-seed paired differences are printed beside it; with fewer than 3 seeds per method no interval is
+printed. The old interval (users only, seeds averaged per user) is printed beside it for reference.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import csv
 import io
 import json
 import math
-import random
 import statistics
 from pathlib import Path
 
@@ -20,8 +25,15 @@ import yaml
 
 from bearrec.errors import BearrecError
 from bearrec.metrics import ndcg
+from bearrec.stats import hierarchical_bootstrap, user_bootstrap
 
 METRICS = ("NDCG@5", "HR@5", "NDCG@10", "HR@10")
+# settings that do not change what a run measures: never part of a label
+IGNORED = ("seed", "output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
+           "train.eval_test", "analysis.")
+# the loss sections each method reads (the rest of `loss` is ignored when labelling its runs)
+LOSS_SECTIONS = {"sft": (), "msl": ("tau",), "bear": ("tau", "bear"), "beam_sim": ("tau", "bear"),
+                 "dpo": ("pref",), "sdpo": ("pref",), "sdpo_bear": ("tau", "bear", "pref")}
 
 
 def method_label(cfg: dict) -> str:
@@ -32,6 +44,80 @@ def method_label(cfg: dict) -> str:
     form = "" if b["form"] == "reference" else f"-{b['form']}"
     base = "" if b["base"] == "msl" else f"({b['base']})"
     return f"bear{form}{base}"
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_settings(cfg: dict) -> dict[str, str]:
+    """The settings that define what a run measures, flattened (`loss.bear.lam` -> '1.0'): all of
+    the config except the seed, paths and logging, and the loss sections its method does not read.
+    A string naming the run's own seed (`.../seed=3/model`) is written with `seed=*`."""
+    name = cfg["loss"]["name"]
+    used = LOSS_SECTIONS.get(name, ("tau", "bear", "pref"))
+    seed = f"seed={cfg['seed']}"
+    out = {}
+    for key, value in _flatten(cfg).items():
+        if key in IGNORED or any(key.startswith(p) for p in IGNORED if p.endswith(".")):
+            continue
+        if key.startswith("loss.") and key != "loss.name" and not key.split(".")[1] in used:
+            continue
+        out[key] = value.replace(seed, "seed=*") if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key in `keys` shares."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            short = ".".join(parts[-n:])
+            if all(not other.endswith("." + short) and other != short for other in keys if other != key):
+                out[key] = short
+                break
+        else:
+            out[key] = key
+    return out
+
+
+def label_runs(runs: list[dict]) -> None:
+    """Sets each run's `method`: its base label plus the settings that differ between the runs of
+    that base label on that dataset. Raises when two runs share a label, a dataset and a seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["base"]), []).append(r)
+    for members in groups.values():
+        every = sorted(set().union(*(r["settings"] for r in members)))
+        keys = [k for k in every if len({r["settings"].get(k) for r in members}) > 1]
+        short = _short_names(every)  # unique among all settings: `bear.num_beams`, not `num_beams`
+        for r in members:
+            extra = ", ".join(f"{short[k]}={_show(r['settings'].get(k))}" for k in keys)
+            r["method"] = f"{r['base']} ({extra})" if extra else r["base"]
+    seen = {}
+    for r in runs:
+        key = (r["dataset"], r["method"], r["seed"])
+        if key in seen:
+            raise BearrecError(f"{seen[key]} and {r['dir']}: two runs of {r['method']!r} on {r['dataset']} with seed "
+                               f"{r['seed']} and the same settings; compare one of them (or give one another seed)")
+        seen[key] = r["dir"]
+
+
+def _show(value: str | None) -> str:
+    if value is None:
+        return "unset"
+    try:
+        v = json.loads(value)
+    except ValueError:
+        return value
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
@@ -50,33 +136,45 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
     suffix = "" if evaluation == "eval-test" else f" [{evaluation.removeprefix('eval-test-')}]"
-    return {"dir": str(run_dir), "method": method_label(cfg) + suffix, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
-            "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}
+    label = method_label(cfg) + suffix
+    return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
+            "settings": run_settings(cfg), "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}
 
 
-def paired_bootstrap(a: dict[int, float], b: dict[int, float], samples: int = 2000, seed: int = 0):
-    """95% CI of mean(a - b) over the users both have, resampling users with replacement."""
-    users = sorted(set(a) & set(b))
-    if not users:
-        return None
-    diffs = [a[u] - b[u] for u in users]
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(samples))
-    return {"mean": sum(diffs) / len(diffs), "low": means[int(0.025 * samples)],
-            "high": means[int(0.975 * samples) - 1], "users": len(users)}
+def per_user_ndcg(runs: list[dict], k: int = 10) -> dict[int, dict[int, float]]:
+    """seed -> {user: NDCG@k} of one method's runs."""
+    return {r["seed"]: {u: ndcg(rank, k) for u, rank in r["ranks"].items()} for r in runs}
 
 
-def _per_user_ndcg(runs: list[dict], k: int = 10) -> dict[int, float]:
-    """Per-user NDCG@k averaged over a method's seeds (users present in every seed)."""
-    common = set.intersection(*(set(r["ranks"]) for r in runs)) if runs else set()
-    return {u: sum(ndcg(r["ranks"][u], k) for r in runs) / len(runs) for u in common}
+def _seed_mean(by_seed: dict[int, dict[int, float]], users: set[int]) -> dict[int, float]:
+    return {u: statistics.fmean(s[u] for s in by_seed.values()) for u in users}
 
 
-def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluations: tuple[str, ...] = ("eval-test",)
-            ) -> dict:
+def difference(a_runs: list[dict], b_runs: list[dict], samples: int = 2000, seed: int = 0) -> dict:
+    """NDCG@10 of method a - method b: the two-stage bootstrap (seeds, then users), the per-seed
+    paired differences, and the old users-only interval (seeds averaged per user)."""
+    a, b = per_user_ndcg(a_runs), per_user_ndcg(b_runs)
+    try:
+        result = hierarchical_bootstrap(a, b, samples=samples, seed=seed)
+    except ValueError as exc:
+        return {"mean": None, "reason": str(exc)}
+    users = set.intersection(*(set(s) for s in (*a.values(), *b.values())))
+    result["users_only"] = user_bootstrap(_seed_mean(a, users), _seed_mean(b, users), samples=samples, seed=seed)
+    return result
+
+
+def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluations: tuple[str, ...] = ("eval-test",),
+            pairs: list[tuple[str, str]] = ()) -> dict:
+    """The table's cells and, per dataset, NDCG@10 differences: best row - best other, and every
+    (a, b) of `pairs` (row labels) that has runs on that dataset."""
     runs = [load_run(d, e) for d in run_dirs for e in evaluations]
+    label_runs(runs)
     datasets = sorted({r["dataset"] for r in runs})
     methods = sorted({r["method"] for r in runs})
+    for pair in pairs:
+        unknown = [m for m in pair if m not in methods]
+        if unknown:
+            raise BearrecError(f"pair {pair[0]!r} - {pair[1]!r}: no row {unknown[0]!r}; rows: {', '.join(methods)}")
     cells, groups = {}, {}
     for m in methods:
         for d in datasets:
@@ -98,11 +196,43 @@ def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluatio
             (best, best_m), (other, other_m) = ranked[0], ranked[1]
             improvement[(d, metric)] = (best_m, 100 * (best - other) / other if other > 0 else math.inf)
             if metric == "NDCG@10":
-                significance[d] = {"best": best_m, "other": other_m, **(paired_bootstrap(
-                    _per_user_ndcg(groups[(best_m, d)]), _per_user_ndcg(groups[(other_m, d)]),
-                    bootstrap_samples) or {"mean": None, "low": None, "high": None, "users": 0})}
+                significance.setdefault(d, []).append((best_m, other_m))
+        significance.setdefault(d, []).extend(
+            (a, b) for a, b in pairs if (a, d) in groups and (b, d) in groups and (a, b) not in significance[d])
+        significance[d] = [{"a": a, "b": b, **difference(groups[(a, d)], groups[(b, d)], bootstrap_samples)}
+                           for a, b in significance[d]]
     return {"runs": runs, "datasets": datasets, "methods": methods, "cells": cells, "improvement": improvement,
-            "significance": significance}
+            "significance": {d: v for d, v in significance.items() if v}, "settings": _row_settings(runs)}
+
+
+def _row_settings(runs: list[dict]) -> dict[str, dict[str, str]]:
+    """Per row label, per dataset: the loss and decoding settings of its runs (one line each)."""
+    out: dict[str, dict[str, str]] = {}
+    for r in runs:
+        keys = [k for k in r["settings"] if k.startswith(("loss.", "decode.")) and k != "loss.name"
+                and k not in ("decode.ks", "decode.autocast")]
+        short = _short_names(keys)
+        out.setdefault(r["method"], {})[r["dataset"]] = ", ".join(f"{short[k]}={_show(r['settings'][k])}" for k in keys)
+    return out
+
+
+def describe_difference(dataset: str, s: dict) -> str:
+    """One paragraph: the interval (or why there is none), the per-seed differences, the old interval."""
+    head = f"{dataset}: NDCG@10 {s['a']} - {s['b']}"
+    if s["mean"] is None:
+        return f"{head}: no comparison ({s['reason']})."
+    per_seed = ", ".join(f"seed {k} {v:+.4f}" for k, v in sorted(s["per_seed"].items()))
+    if s.get("low") is None:
+        text = f"{head} = {s['mean']:+.4f}; {s.get('reason', 'no interval')}"
+    else:
+        text = (f"{head} = {s['mean']:+.4f}, 95% CI [{s['low']:+.4f}, {s['high']:+.4f}] ({s['method']}; "
+                f"{s['seeds']} seeds, {s['users']} users)")
+    text += f". Per seed: {per_seed}." if per_seed else "."
+    old = s.get("users_only")
+    if old and old.get("low") is not None:
+        text += (f" Users-only bootstrap (seeds averaged per user, ignores seed variance): "
+                 f"[{old['low']:+.4f}, {old['high']:+.4f}].")
+    return text
 
 
 def _cell(value) -> str:
@@ -120,12 +250,16 @@ def to_markdown(result: dict) -> str:
     imp = [f"{result['improvement'][c][1]:+.2f}% ({result['improvement'][c][0]})" if c in result["improvement"]
            else "" for c in cols]
     lines.append("| Imp.% | " + " | ".join(imp) + " |")
-    for d, s in result["significance"].items():
-        if s["mean"] is None:
-            lines.append(f"\n{d}: no test users in common between {s['best']} and {s['other']}; no bootstrap.")
+    for d, diffs in result["significance"].items():
+        for s in diffs:
+            lines.append("\n" + describe_difference(d, s))
+    lines.append("\nSettings (loss and decoding) per row:")
+    for method, by_dataset in sorted(result["settings"].items()):
+        values = set(by_dataset.values())
+        if len(values) == 1:
+            lines.append(f"- {method}: {values.pop()}")
         else:
-            lines.append(f"\n{d}: NDCG@10 {s['best']} - {s['other']} = {s['mean']:+.4f}, paired bootstrap 95% CI "
-                         f"[{s['low']:+.4f}, {s['high']:+.4f}] over {s['users']} users.")
+            lines.extend(f"- {method} on {d}: {v}" for d, v in sorted(by_dataset.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_los
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
+from bearrec.selection import RULES, choose_epoch, user_scores
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -159,12 +160,19 @@ class BearTrainer(Trainer):
 
 
 class EpochSelection(TrainerCallback):
-    """After each epoch: decode the validation subset, log NDCG@K, export the best model."""
+    """After each epoch: decode the validation subset, log NDCG@K, choose the epoch by
+    `train.selection_rule` (`bearrec.selection`) and export the chosen model."""
 
     def __init__(self, run_dir: Path, encoder: Encoder, cfg: Config, valid, indices):
         self.run_dir, self.encoder, self.cfg, self.valid, self.indices = run_dir, encoder, cfg, valid, indices
         self.path = run_dir / "selection.json"
         self.record = json.loads(self.path.read_text()) if self.path.exists() else {"epochs": [], "best": None}
+        self.k = min(cfg.train.selection_k, cfg.decode.num_beams)
+        self.scores = {}  # epoch -> {user: NDCG@k}; a resumed run reads the finished epochs' decodes
+        for e in self.record["epochs"]:
+            preds = self.run_dir / f"eval-valid-epoch-{e['epoch']}" / "predictions.jsonl"
+            if preds.exists():
+                self.scores[e["epoch"]] = user_scores([json.loads(x) for x in preds.read_text().splitlines()], self.k)
         self.trainer: BearTrainer | None = None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
@@ -175,18 +183,29 @@ class EpochSelection(TrainerCallback):
         preds, metrics = evaluate(Recommender(unwrapped, self.encoder, self.cfg.decode), self.valid, self.indices,
                                   progress=False)
         unwrapped.train(was_training)
-        k = min(self.cfg.train.selection_k, self.cfg.decode.num_beams)
-        at_k = summarize([p["rank"] for p in preds], [k])
+        k = self.k
+        ranks = [p["rank"] for p in preds]
+        at_k = summarize(ranks, [k])
         score = at_k[f"NDCG@{k}"]
-        entry = {"epoch": epoch, "step": state.global_step, f"valid_ndcg@{k}": score, f"valid_hr@{k}": at_k[f"HR@{k}"]}
+        self.scores[epoch] = user_scores(preds, k)
+        entry = {"epoch": epoch, "step": state.global_step, f"valid_ndcg@{k}": score, f"valid_hr@{k}": at_k[f"HR@{k}"],
+                 "users": len(preds), "hits": sum(r is not None and r < k for r in ranks)}
         trainer.log({f"valid_ndcg@{k}": score, "epoch": float(epoch)})
         if trainer.accelerator.is_main_process:
-            self.record["epochs"] = [e for e in self.record["epochs"] if e["epoch"] != epoch] + [entry]
-            best = self.record["best"]
-            if best is None or score > best[f"valid_ndcg@{k}"]:
-                self.record["best"] = entry
-                save_pretrained(unwrapped, self.encoder.tokenizer, self.run_dir / "model")
             write_outputs(self.run_dir / f"eval-valid-epoch-{epoch}", preds, metrics)
+            self.record["epochs"] = sorted([e for e in self.record["epochs"] if e["epoch"] != epoch] + [entry],
+                                           key=lambda e: e["epoch"])
+            choice = choose_epoch({e: s for e, s in self.scores.items() if e <= epoch}, self.cfg.train.selection_rule)
+            previous = (self.record["best"] or {}).get("epoch")
+            self.record["best"] = next(e for e in self.record["epochs"] if e["epoch"] == choice["epoch"])
+            min_hits = self.cfg.train.min_valid_hits
+            self.record["choice"] = {**choice, "min_valid_hits": min_hits,
+                                     "few_valid_hits": self.record["best"].get("hits", 0) < min_hits}
+            if choice["epoch"] == epoch:
+                save_pretrained(unwrapped, self.encoder.tokenizer, self.run_dir / "model")
+            elif choice["epoch"] != previous:  # neither rule moves back to an older epoch (bearrec.selection)
+                raise BearrecError(f"{self.path}: epoch selection moved from epoch {previous} to epoch "
+                                   f"{choice['epoch']}, which is not exported; rerun with --force")
             atomic_write_text(self.path, json.dumps(self.record, indent=2) + "\n")
         trainer.accelerator.wait_for_everyone()
 
@@ -230,6 +249,10 @@ def check_config(cfg: Config) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if t.learning_rate <= 0:
         raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate}")
+    if t.selection_rule not in RULES:
+        raise ValueError(f"train.selection_rule must be one of {', '.join(RULES)}, got {t.selection_rule!r}")
+    if t.min_valid_hits < 0:
+        raise ValueError(f"train.min_valid_hits must be >= 0, got {t.min_valid_hits}")
     if cfg.decode.num_beams < 1:
         raise ValueError(f"decode.num_beams must be >= 1, got {cfg.decode.num_beams}")
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
@@ -298,6 +321,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)
+        last = max((e["epoch"] for e in selection.record["epochs"]), default=None) if selection else None
+        if selection is not None and selection.record["best"]["epoch"] != last:
+            # what selection did: the last epoch's weights (still in memory) on the same test users
+            final = trainer.accelerator.unwrap_model(trainer.model).eval()
+            preds, metrics = evaluate(Recommender(final, encoder, cfg.decode), dataset.test, test_idx)
+            if trainer.accelerator.is_main_process:
+                metrics["epoch"] = last
+                write_outputs(run_dir / "eval-test-last", preds, metrics)
     return run_dir
 
 

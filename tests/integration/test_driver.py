@@ -23,6 +23,9 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     assert metrics["training"]["num_train_examples"] == 7  # 9 rows, 2 carved for validation and metrics["training"]["seconds_per_epoch"] > 0
     report = (out / "report.md").read_text()
     assert "## Test (2 users" in report and "## Validation (epoch chosen:" in report and "## Pruning" in report
+    assert "Rule `later_within_se`: epoch" in report and "validate on more users" in report
+    last = metrics["test_last_epoch"]
+    assert last["epoch"] == 2 and (last["item"] == metrics["test"]["item"]) == (metrics["selection"]["best"]["epoch"] == 2)
     assert (out / "valid_curve.png").exists() and (out / "pruning-test" / "pruning.png").exists()
 
     import bearrec.training as training

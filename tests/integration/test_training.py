@@ -11,6 +11,7 @@ from bearrec.cli import main
 from bearrec.config import load_config
 from bearrec.data.authors import load_authors_dir
 from bearrec.losses import LOSSES, Allowed
+from bearrec.selection import choose_epoch, user_scores
 from bearrec.training import Collator, TrainingSet, attention_backends, build_encoder_and_model, train
 from tests.conftest import write_authors
 
@@ -67,8 +68,14 @@ def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys
     assert "run directory" in capsys.readouterr().out
     record = json.loads((out / "selection.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3, 4]
-    best = max(record["epochs"], key=lambda e: e["valid_ndcg@3"])
-    assert record["best"]["valid_ndcg@3"] == best["valid_ndcg@3"]
+    # the choice follows the default rule over the recorded per-user validation decodes
+    scores = {e: user_scores([json.loads(x) for x in (out / f"eval-valid-epoch-{e}" / "predictions.jsonl")
+                              .read_text().splitlines()], 3) for e in (1, 2, 3, 4)}
+    assert record["choice"]["epoch"] == record["best"]["epoch"] == choose_epoch(scores)["epoch"]
+    assert record["best"]["users"] == 2 and record["best"]["hits"] == round(2 * record["best"]["valid_hr@3"])
+    assert record["choice"]["few_valid_hits"]  # 2 users cannot give 50 hits
+    if record["best"]["epoch"] != 4:  # what selection did: the last epoch on the same test users
+        assert json.loads((out / "eval-test-last" / "metrics.json").read_text())["epoch"] == 4
     assert (out / "model" / "config.json").exists() and (out / "model" / "bearrec_tokenizer").exists()
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]
     assert list((out / "checkpoints" / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs

@@ -8,14 +8,22 @@ import yaml
 
 from bearrec.cli import main
 from bearrec.config import Config, to_dict
-from bearrec.report import compare, method_label, paired_bootstrap, to_csv, to_markdown
+from bearrec.report import compare, method_label, run_settings, to_csv, to_markdown
 
 
-def make_run(root, name, loss, seed, ranks, dataset="office", form="reference"):
+def make_run(root, name, loss, seed, ranks, dataset="office", form="reference", **settings):
+    """`settings`: dotted config keys, e.g. **{"loss.bear.lam": 4.0}."""
     run = root / name
     (run / "eval-test").mkdir(parents=True)
     cfg = to_dict(Config())
     cfg["loss"]["name"], cfg["loss"]["bear"]["form"], cfg["seed"], cfg["data"]["name"] = loss, form, seed, dataset
+    cfg["output_dir"] = str(run)
+    for key, value in settings.items():
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node[last] = value
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     preds = [{"index": i, "rank": r} for i, r in enumerate(ranks)]
     (run / "eval-test" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
@@ -47,21 +55,68 @@ def test_table_mean_std_and_improvement(tmp_path):
     assert result["cells"][("bear", "office", "NDCG@10")][:2] == (pytest.approx(0.375), 0.0)
     best, imp = result["improvement"][("office", "NDCG@10")]
     assert best == "bear" and imp == pytest.approx(100 * (0.375 - 0.1875) / 0.1875)
-    sig = result["significance"]["office"]
-    # per-user NDCG@10 averaged over seeds: bear (1, .5, 0, 0), msl (.75, 0, 0, 0): differences (.25, .5, 0, 0)
-    assert sig["best"] == "bear" and sig["mean"] == pytest.approx(0.1875) and sig["users"] == 4
-    assert 0.0 <= sig["low"] <= sig["mean"] <= sig["high"] <= 0.5
+    (sig,) = result["significance"]["office"]
+    # two seeds: no interval, the per-seed paired differences: seed 0 (1, .5, 0, 0) - (1, 0, 0, 0) = .125,
+    # seed 1 (1, .5, 0, 0) - (.5, 0, 0, 0) = .25
+    assert (sig["a"], sig["b"]) == ("bear", "msl") and sig["mean"] == pytest.approx(0.1875) and sig["users"] == 4
+    assert sig["low"] is None and sig["per_seed"] == {0: pytest.approx(0.125), 1: pytest.approx(0.25)}
     md = to_markdown(result)
     assert "| bear (2 seeds) |" in md and "0.1875 ± 0.0884" in md and "+100.00% (bear)" in md
-    assert "paired bootstrap 95% CI" in md
+    assert "fewer than 3 seeds per method" in md and "seed 0 +0.1250, seed 1 +0.2500" in md
     assert "msl,office,NDCG@10,0.187500,0.088388,2" in to_csv(result)
 
 
-def test_bootstrap_of_a_constant_difference_is_exact():
-    a = {u: 0.5 for u in range(10)}
-    b = {u: 0.25 for u in range(10)}
-    assert paired_bootstrap(a, b, samples=200) == {"mean": 0.25, "low": 0.25, "high": 0.25, "users": 10}
-    assert paired_bootstrap(a, {}, samples=10) is None
+def test_three_seeds_give_a_two_stage_interval_and_the_old_one_beside_it(tmp_path):
+    ranks = {0: ([0, 2, None], [0, None, None]), 1: ([0, None, None], [None, None, None]),
+             2: ([2, 2, None], [2, None, None])}
+    runs = [make_run(tmp_path, f"{m}{s}", m, s, r[i]) for s, r in ranks.items() for i, m in enumerate(("bear", "msl"))]
+    (sig,) = compare(runs, bootstrap_samples=300)["significance"]["office"]
+    # per seed: (.5)/3, 1/3, (.5)/3
+    assert sig["per_seed"] == {0: pytest.approx(0.5 / 3), 1: pytest.approx(1 / 3), 2: pytest.approx(0.5 / 3)}
+    assert sig["seeds"] == 3 and sig["mean"] == pytest.approx(2 / 9) and sig["low"] <= sig["mean"] <= sig["high"]
+    assert sig["users_only"]["mean"] == pytest.approx(2 / 9) and sig["users_only"]["low"] is not None
+    md = to_markdown(compare(runs, bootstrap_samples=300))
+    assert "95% CI [" in md and "two-stage bootstrap" in md and "Users-only bootstrap" in md
+
+
+def test_different_settings_are_different_rows_and_never_merged(tmp_path, capsys):
+    """bear lam 0.25 and lam 4 with the same seed are two rows (not 'bear (2 seeds)')."""
+    a = make_run(tmp_path, "a", "bear", 0, [0, None], **{"loss.bear.lam": 0.25})
+    b = make_run(tmp_path, "b", "bear", 0, [None, 1], **{"loss.bear.lam": 4.0})
+    c = make_run(tmp_path, "c", "msl", 0, [None, None], **{"loss.bear.lam": 4.0})  # msl does not read loss.bear
+    result = compare([a, b, c], bootstrap_samples=50)
+    assert result["methods"] == ["bear (lam=0.25)", "bear (lam=4)", "msl"]
+    md = to_markdown(result)
+    assert "| bear (lam=0.25) (1 seed) |" in md and "| bear (lam=4) (1 seed) |" in md and "(2 seeds)" not in md
+    # decoding settings too, and a key named by the shortest suffix that is unique
+    d = make_run(tmp_path, "d", "msl", 0, [0, 0], **{"decode.constrained_softmax": False})
+    assert "msl (constrained_softmax=false)" in compare([c, d], bootstrap_samples=50)["methods"]
+    e = make_run(tmp_path, "e", "bear", 0, [0, 0], **{"loss.bear.num_beams": 5, "loss.bear.lam": 4.0})
+    assert "bear (bear.num_beams=5)" in compare([b, e], bootstrap_samples=50)["methods"]
+    # the same label and seed twice: an error naming both directories
+    twin = make_run(tmp_path, "twin", "bear", 0, [0, 0], **{"loss.bear.lam": 4.0})
+    assert main(["compare", str(b), str(twin)]) == 2
+    err = capsys.readouterr().err
+    assert str(b) in err and str(twin) in err and "seed 0" in err
+
+
+def test_a_preference_run_is_labelled_without_its_seeds_start_model(tmp_path):
+    runs = [make_run(tmp_path, f"dpo{s}", "dpo", s, [0, None], **{"model.name_or_path": f"runs/x/sft/seed={s}/model"})
+            for s in (0, 1)]
+    assert compare(runs, bootstrap_samples=50)["methods"] == ["dpo"]
+    assert run_settings(yaml.safe_load((runs[1] / "config.yaml").read_text()))["model.name_or_path"] == \
+        "runs/x/sft/seed=*/model"
+
+
+def test_pairs_are_reported_and_unknown_rows_refused(tmp_path, capsys):
+    runs = [make_run(tmp_path, "s", "sft", 0, [None, None]), make_run(tmp_path, "m", "msl", 0, [0, None]),
+            make_run(tmp_path, "b", "bear", 0, [1, None])]
+    assert main(["compare", *map(str, runs), "--pair", "bear - sft", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "NDCG@10 msl - bear = +0.1845" in out and "NDCG@10 bear - sft = +0.3155" in out
+    assert main(["compare", *map(str, runs), "--pair", "bear - dpo"]) == 2
+    assert "no row 'dpo'" in capsys.readouterr().err
+    assert main(["compare", *map(str, runs), "--pair", "bear"]) == 2
 
 
 def test_compare_cli_writes_md_and_csv(tmp_path, capsys):
@@ -87,7 +142,7 @@ def test_other_evaluations_of_the_same_runs_get_their_own_rows(tmp_path, capsys)
     assert "| msl (1 seed) |" in out and "| msl [d3] (1 seed) |" in out
     result = compare([run], bootstrap_samples=200, evaluations=("eval-test", "eval-test-d3"))
     assert result["cells"][("msl [d3]", "office", "NDCG@10")][0] == pytest.approx(0.5)
-    sig = result["significance"]["office"]
-    assert sig["best"] == "msl [d3]" and sig["mean"] == pytest.approx(0.5 - (1 + 1 / math.log2(3)) / 4)
+    (sig,) = result["significance"]["office"]
+    assert sig["a"] == "msl [d3]" and sig["mean"] == pytest.approx(0.5 - (1 + 1 / math.log2(3)) / 4)
     assert main(["compare", str(run), "--eval", "eval-test-ghost"]) == 2  # missing folder: a clear error
     assert "eval-test-ghost/metrics.json: missing" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""bearrec.stats: per-seed differences, the two-stage (seeds, then users) bootstrap, the old user bootstrap."""
+
+import numpy as np
+import pytest
+
+from bearrec.stats import hierarchical_bootstrap, per_seed_differences, user_bootstrap
+
+# two seeds, users 1-3 in every run; user 4 and seed 2 appear in one method only and must be ignored
+A = {0: {1: 0.5, 2: 0.0, 3: 1.0, 4: 1.0}, 1: {1: 0.0, 2: 0.25, 3: 1.0}, 2: {1: 1.0, 2: 1.0, 3: 1.0}}
+B = {0: {1: 0.0, 2: 0.0, 3: 0.5}, 1: {1: 0.5, 2: 0.25, 3: 0.25, 4: 0.0}}
+
+
+def as_runs(matrix):
+    """(seeds, users) array -> seed -> {user: score}."""
+    return {s: dict(enumerate(row.tolist())) for s, row in enumerate(matrix)}
+
+
+def simulate(rng, seeds=5, users=300, seed_sd=0.01, noise_sd=0.05, user_sd=0.0, delta=0.0):
+    """Per-user scores of two methods: user base rate shared by both, a per-run seed effect added to every
+    user of that run, independent per-run noise, and optionally a per-user preference for A (user_sd)
+    that persists across seeds. The true difference mean(A) - mean(B) is `delta`."""
+    base = rng.uniform(0.0, 0.3, users)
+    pref = rng.normal(0.0, user_sd, users) if user_sd else 0.0
+    a = base + pref + delta + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, noise_sd, (seeds, users))
+    b = base + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, noise_sd, (seeds, users))
+    return a, b
+
+
+def excludes_zero(result):
+    return not result["low"] <= 0.0 <= result["high"]
+
+
+def test_per_seed_differences_by_hand():
+    d = per_seed_differences(A, B)
+    assert sorted(d) == [0, 1]
+    assert d[0] == pytest.approx((0.5 + 0.0 + 0.5) / 3)  # 1/3
+    assert d[1] == pytest.approx((-0.5 + 0.0 + 0.75) / 3)  # 1/12
+
+
+def test_per_seed_differences_errors():
+    with pytest.raises(ValueError, match="users"):
+        per_seed_differences({0: {1: 1.0}}, {0: {2: 1.0}})
+    with pytest.raises(ValueError, match="seed"):
+        per_seed_differences({0: {1: 1.0}}, {1: {1: 1.0}})
+
+
+def test_two_seeds_give_per_seed_differences_only():
+    r = hierarchical_bootstrap(A, B)
+    assert r["low"] is None and r["high"] is None
+    assert r["reason"] == "fewer than 3 seeds per method: per-seed differences only"
+    assert r["per_seed"] == pytest.approx({0: 1 / 3, 1: 1 / 12})
+    assert r["mean"] == pytest.approx((1 / 3 + 1 / 12) / 2)
+    assert (r["seeds"], r["users"]) == (2, 3)
+
+
+def test_three_seeds_give_an_interval_around_the_mean():
+    a, b = simulate(np.random.default_rng(0), seeds=3, users=50, delta=0.02)
+    r = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=500)
+    assert r["seeds"] == 3 and "reason" not in r
+    assert r["mean"] == pytest.approx((a - b).mean())
+    assert r["low"] < r["mean"] < r["high"]
+    assert r["per_seed"] == pytest.approx(dict(enumerate((a - b).mean(axis=1))))
+
+
+@pytest.mark.parametrize("user_draw", ["shared", "per_seed"])
+def test_constant_difference_gives_a_point_interval(user_draw):
+    # dyadic scores (multiples of 1/8) and 4 seeds keep every mean exact in floating point
+    base = np.random.default_rng(1).integers(0, 8, (4, 20)) / 8
+    r = hierarchical_bootstrap(as_runs(base + 0.125), as_runs(base), samples=200, user_draw=user_draw)
+    assert (r["mean"], r["low"], r["high"]) == (0.125, 0.125, 0.125)
+
+
+def test_unpaired_seeds():
+    base = np.random.default_rng(2).integers(0, 8, 20) / 8  # same per-user values in every run
+    a = {s: dict(enumerate((base + 0.25).tolist())) for s in (0, 1, 2, 3)}  # 4 seeds: exact weights
+    b = {s: dict(enumerate(base.tolist())) for s in (10, 11, 12, 13)}
+    r = hierarchical_bootstrap(a, b, samples=200)
+    assert "unpaired" in r["method"]
+    assert (r["mean"], r["low"], r["high"]) == (0.25, 0.25, 0.25)
+    del b[13], b[12]  # 2 seeds for B: too few
+    assert hierarchical_bootstrap(a, b)["low"] is None
+
+
+def test_user_bootstrap_is_the_old_paired_user_bootstrap():
+    r = user_bootstrap({1: 0.5, 2: 0.25, 3: 1.0}, {1: 0.25, 2: 0.0, 3: 0.75, 4: 1.0}, samples=100)
+    assert r["users"] == 3 and (r["mean"], r["low"], r["high"]) == (0.25, 0.25, 0.25)
+    r = user_bootstrap({1: 1.0, 2: 0.0}, {1: 0.0, 2: 0.0}, samples=1000)
+    assert r["mean"] == 0.5 and r["low"] == 0.0 and r["high"] == 1.0  # resample means lie in {0, 0.5, 1}
+
+
+def false_positive_rates(reps, **sim):
+    """Share of repetitions whose 95% interval excludes 0, for each estimator, when the true difference is 0."""
+    rng = np.random.default_rng(2024)
+    hits = {"shared": 0, "per_seed": 0, "old": 0}
+    for rep in range(reps):
+        a, b = simulate(rng, **sim)
+        ra, rb = as_runs(a), as_runs(b)
+        for draw in ("shared", "per_seed"):
+            hits[draw] += excludes_zero(hierarchical_bootstrap(ra, rb, samples=400, seed=rep, user_draw=draw))
+        old = user_bootstrap(dict(enumerate(a.mean(axis=0))), dict(enumerate(b.mean(axis=0))), samples=400, seed=rep)
+        hits["old"] += excludes_zero(old)
+    return {k: v / reps for k, v in hits.items()}
+
+
+def test_false_positive_rate_with_large_seed_variance():
+    # seed effect sd 0.01 per run >> per-user noise once averaged over 300 users (0.05 / sqrt(300) = 0.003)
+    rates = false_positive_rates(200, seed_sd=0.01, noise_sd=0.05)
+    # measured here: shared 0.12, per_seed 0.145, old 0.60 (other data, 1000 reps: 0.102, 0.122, 0.597).
+    # Nominal is 0.05, but a percentile bootstrap over 5 seeds lacks t tails (about 0.10-0.15 expected).
+    assert rates["shared"] <= 0.15
+    assert rates["old"] >= 0.4  # the defect: seed-averaged user bootstrap ignores seed variance
+
+
+def test_false_positive_rate_with_persistent_per_user_differences():
+    # no seed variance; each user prefers one method by the same amount in every seed (mean 0 over users)
+    rates = false_positive_rates(200, seed_sd=0.0, noise_sd=0.05, user_sd=0.1)
+    # measured here: shared 0.06, per_seed 0.24, old 0.055 (other data, 1000 reps: 0.045, 0.238, 0.054)
+    assert rates["shared"] <= 0.08 and rates["old"] <= 0.08
+    assert rates["per_seed"] >= 0.15  # users resampled within each seed: user variance divided by #seeds
+
+
+def test_large_true_difference_is_detected():
+    a, b = simulate(np.random.default_rng(3), seed_sd=0.01, noise_sd=0.05, delta=0.05)
+    r = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=1000)
+    assert 0.0 < r["low"] < 0.05 < r["high"] < 0.1
