@@ -66,6 +66,8 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
     for seed in seeds:
         for dataset in args.datasets:
             for name, overrides in methods.items():
+                if name.startswith("bear-") and args.choose_on_seed is not None and seed != args.choose_on_seed:
+                    continue  # run after the choice (`chosen_plan`)
                 out = Path(args.root) / dataset / name / f"seed={seed}"
                 if name in FROM_SFT:
                     start = Path(args.root) / dataset / "sft" / f"seed={seed}" / "model"
@@ -74,6 +76,25 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
                 config = CONFIGS[args.backbone][dataset]
                 runs.append((["run", "--config", config, *overrides, f"seed={seed}", pruning,
                               f"output_dir={out}", *args.overrides], out))
+    return runs
+
+
+def chosen_plan(args) -> list[tuple[list[str], Path]]:
+    """--choose-on-seed S: the bear candidate with the best validation NDCG@10 at seed S, on the other
+    seeds (bear-* runs of plan(args) are then only for seed S, and run first)."""
+    runs = []
+    for dataset in args.datasets:
+        at_seed = {p.parent.name: [p] for p in (Path(args.root) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
+                   if (p / "metrics.json").exists()}
+        if not at_seed:
+            print(f"warning: no finished bear candidate on {dataset} seed {args.choose_on_seed}", file=sys.stderr)
+            continue
+        scores = select_candidate(at_seed)
+        chosen = max(scores, key=lambda k: scores[k]["valid_ndcg@10"])
+        print(f"{dataset}: {chosen} chosen on validation at seed {args.choose_on_seed}", flush=True)
+        others = argparse.Namespace(**{**vars(args), "datasets": [dataset], "choose_on_seed": None,
+                                       "seeds": [s for s in args.seeds if s != args.choose_on_seed]})
+        runs += [(argv, out) for argv, out in plan(others) if out.parent.name == chosen]
     return runs
 
 
@@ -136,7 +157,8 @@ def report(args) -> dict:
         selection = select_candidate(candidates)
         chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
         compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
-        table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap)
+        pairs = [(a, "msl") for a in ("bear", "sft") if (a if a != "bear" else chosen) in compared and "msl" in compared]
+        table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap, pairs=pairs)
         (root / dataset).mkdir(parents=True, exist_ok=True)
         (root / dataset / "table.md").write_text(to_markdown(table))
         (root / dataset / "table.csv").write_text(to_csv(table))
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=lambda s: s.split(","), help="sft,msl,bear,violators (the default) and/or "
                    "beam_sim,dpo,sdpo,sdpo_bear (these three start from the seed's sft run, which must be "
                    "among them or finished); bear means every --bear-grid candidate")
+    p.add_argument("--choose-on-seed", type=int, help="run the bear candidates on this seed only, then the one "
+                   "chosen on its validation NDCG@10 on the other seeds (default: every candidate on every seed)")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
     p.add_argument("--pruning-users", default="null", help="test users analysed (a fixed seeded subset; "
                    "default null: the whole split)")
@@ -206,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS[args.backbone])}")
     if not args.report_only:
-        for phase in (1, 2):
-            runs = plan(args, phase)
+        for phase in (1, "chosen", 2):
+            runs = chosen_plan(args) if phase == "chosen" else plan(args, phase)
             try:
                 run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
             except BearrecError as e:

@@ -41,3 +41,18 @@ def test_candidates_without_a_common_seed_use_their_own(reproduce, tmp_path):
     got = reproduce.select_candidate({"bear-a": a, "bear-b": b})
     assert got["bear-a"]["seeds"] == 2 and got["bear-a"]["valid_ndcg@10"] == pytest.approx(0.2)
     assert got["bear-b"] == {"seeds": 1, "valid_ndcg@10": 0.15, "test_ndcg@10": 0.02}
+
+
+def test_choose_on_seed_runs_candidates_on_one_seed_then_the_chosen_one_elsewhere(reproduce, tmp_path):
+    ns = reproduce.argparse.Namespace(datasets=["office"], methods=["msl", "bear"], bear_grid=[("0.25", "2.75"), ("4", "0.25")],
+                          seeds=[0, 1, 2], choose_on_seed=0, pruning_seed=0, pruning_users="0", root=str(tmp_path),
+                          backbone="tiny", overrides=[])
+    outs = [str(out.relative_to(tmp_path)) for _, out in reproduce.plan(ns)]
+    assert sorted(outs) == sorted(["office/msl/seed=0", "office/msl/seed=1", "office/msl/seed=2",
+                                   "office/bear-lam0.25-xi2.75/seed=0", "office/bear-lam4-xi0.25/seed=0"])
+    _run(tmp_path / "office", "bear-lam0.25-xi2.75", 0, 0.10, 0.01)
+    _run(tmp_path / "office", "bear-lam4-xi0.25", 0, 0.12, 0.01)
+    chosen = reproduce.chosen_plan(ns)
+    assert [str(out.relative_to(tmp_path)) for _, out in chosen] == ["office/bear-lam4-xi0.25/seed=1",
+                                                                     "office/bear-lam4-xi0.25/seed=2"]
+    assert "loss.bear.lam=4" in chosen[0][0] and "seed=1" in chosen[0][0]
