@@ -158,6 +158,8 @@ def cmd_recommend(args) -> int:
     unknown = [i for i in history if i not in dataset.catalogue]
     if unknown:
         raise BearrecError(f"--history: unknown item id {unknown[0]} (not in the {dataset.name} catalogue)")
+    if args.k < 1:
+        raise BearrecError(f"--k must be >= 1, got {args.k}")
     if args.k > cfg.decode.num_beams:
         raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
     (rec,) = recommender.recommend([history])

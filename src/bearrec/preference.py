@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from bearrec.data.encode import Encoder
+from bearrec.errors import BearrecError
 from bearrec.losses.allowed import log_probs
 from bearrec.losses.preference import sum_by_row
 
@@ -102,8 +103,12 @@ def reference_log_probs(model, dataset: PreferenceSet, collator: PreferenceColla
     """The starting model's (E, G) log-probs, loaded from `path` when it holds the same `key`."""
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
     if path.exists():
-        cached = torch.load(path)
-        if cached.get("key") == digest:
+        try:  # weights_only explicitly: safe whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            cached = torch.load(path, weights_only=True)
+        except Exception as exc:
+            raise BearrecError(f"{path}: refused (not a plain tensor file: {str(exc).splitlines()[0]}); delete it "
+                               f"to recompute the reference log-probs") from None
+        if isinstance(cached, dict) and cached.get("key") == digest:
             return cached["values"]
     was_training = model.training
     model.eval()

@@ -73,7 +73,8 @@ def test_recommend_json_and_bad_input(run_dir, capsys):
     assert [r["rank"] for r in rows] == [0, 1] and all(r["title"] in TITLES.values() for r in rows)
     assert rows[0]["score"] >= rows[1]["score"]
     for history, k, fragment in (("1,99", 2, "unknown item id 99"), (",", 2, "--history is empty"),
-                                 ("1,x", 2, "comma-separated item ids"), ("1", 5, "exceeds num_beams 3")):
+                                 ("1,x", 2, "comma-separated item ids"), ("1", 5, "exceeds num_beams 3"),
+                                 ("1", 0, "--k must be >= 1"), ("1", -2, "--k must be >= 1")):
         assert main(["recommend", "--model", str(run_dir), "--history", history, "--k", str(k)]) == 2
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err

@@ -71,6 +71,10 @@ def test_override_wins_over_file(tmp_path):
     ("seed.x=1", "'seed' is not a section"),
     ("seed", "expected KEY=VALUE"),
     ("model.dtype=float64", "'float64' is not one of"),
+    ("loss.bear.xi=nan", "loss.bear.xi: expected a finite number, got nan"),
+    ("loss.bear.lam=.nan", "loss.bear.lam: expected a finite number"),
+    ("train.learning_rate=inf", "train.learning_rate: expected a finite number"),
+    ("decode.length_penalty=-.inf", "decode.length_penalty: expected a finite number"),
 ])
 def test_bad_overrides(override, fragment):
     with pytest.raises(ConfigError) as exc:
@@ -102,3 +106,10 @@ def test_shipped_configs_load():
     assert configs
     for path in configs:
         validate(load_config(path).loss)  # loss settings checked as `bearrec run` does before training
+
+
+def test_non_finite_numbers_in_a_file_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  bear: {xi: .nan}\n")
+    with pytest.raises(ConfigError, match="loss.bear.xi: expected a finite number"):
+        load_config(path)
