@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bearrec.atomic import atomic_write_text
+from bearrec.atomic import atomic_directory
 from bearrec.config import DecodeConfig
 from bearrec.data.catalogue import Example
 from bearrec.data.encode import Encoder
@@ -120,9 +120,12 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
 
 
 def write_outputs(out_dir: str | Path, preds: list[dict], metrics: dict) -> None:
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    """`predictions.jsonl` and `metrics.json` replace the folder's old pair together (one folder
+    rename), so a killed process never leaves new predictions beside old metrics."""
+    with atomic_directory(out_dir) as tmp:
+        (tmp / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds),
+                                               encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
 
 def format_table(metrics: dict) -> str:

@@ -168,3 +168,19 @@ def test_recbole_atomic_files(tmp_path):
     (tmp_path / "mini.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\tHeat\n")
     with pytest.raises(DataError, match="row 2: expected 3 tab-separated fields"):
         read_raw(tmp_path)
+
+
+def test_prepare_never_deletes_what_it_did_not_write(tmp_path):
+    settings = PrepareConfig(k_core=2, max_history=2, min_history=1, split=[0.6, 0.2, 0.2])
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds 'notes.txt', which bearrec did not write"):
+        prepare_to_dir(_raw(), settings, out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        prepare_to_dir(_raw(), settings, tmp_path / "file")
+    prepare_to_dir(_raw(), settings, tmp_path / "again")
+    prepare_to_dir(_raw(), settings, tmp_path / "again")  # its own earlier output is replaced
+    assert json.loads((tmp_path / "again" / "prepare.json").read_text())["windows"] == 9

@@ -233,7 +233,17 @@ def write_examples(path: Path, examples: list[Example]) -> None:
 
 def write_authors_dir(out_dir: str | Path, catalogue: Catalogue, splits: dict[str, list[Example]],
                       extra_files: dict[str, str] = {}) -> Path:
-    """Write a dataset folder atomically: everything goes to a temporary sibling, then one rename."""
+    """Write a dataset folder atomically: everything goes to a temporary sibling, then one rename.
+    An existing folder is replaced only when it holds nothing but files this function writes."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file, not a folder; give a new or empty --out folder")
+    if out.exists():
+        ours = {TITLES_FILE, *(f"{split}.csv" for split in ("train", "valid", "test")), *extra_files}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if foreign:
+            raise DataError(out, f"holds {foreign[0]!r}, which bearrec did not write; nothing was changed. "
+                                 f"Give a new or empty --out folder")
     with atomic_directory(out_dir) as tmp:
         (tmp / TITLES_FILE).write_text(
             json.dumps({str(k): v for k, v in sorted(catalogue.titles.items())}, ensure_ascii=False, indent=1),
