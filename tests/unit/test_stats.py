@@ -1,9 +1,11 @@
 """bearrec.stats: per-seed differences, the two-stage (seeds, then users) bootstrap, the old user bootstrap."""
 
+import math
+
 import numpy as np
 import pytest
 
-from bearrec.stats import hierarchical_bootstrap, per_seed_differences, user_bootstrap
+from bearrec.stats import hierarchical_bootstrap, per_seed_differences, t_quantile, user_bootstrap
 
 # two seeds, users 1-3 in every run; user 4 and seed 2 appear in one method only and must be ignored
 A = {0: {1: 0.5, 2: 0.0, 3: 1.0, 4: 1.0}, 1: {1: 0.0, 2: 0.25, 3: 1.0}, 2: {1: 1.0, 2: 1.0, 3: 1.0}}
@@ -62,12 +64,38 @@ def test_three_seeds_give_an_interval_around_the_mean():
     assert r["per_seed"] == pytest.approx(dict(enumerate((a - b).mean(axis=1))))
 
 
+@pytest.mark.parametrize("df, p, expected", [(4, 0.975, 2.7764), (2, 0.975, 4.3027), (9, 0.975, 2.2622),
+                                               (29, 0.975, 2.0452), (4, 0.95, 2.1318), (1, 0.975, 12.7062)])
+def test_t_quantile_matches_tables(df, p, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("small_sample", [True, False])
 @pytest.mark.parametrize("user_draw", ["shared", "per_seed"])
-def test_constant_difference_gives_a_point_interval(user_draw):
+def test_constant_difference_gives_a_point_interval(user_draw, small_sample):
     # dyadic scores (multiples of 1/8) and 4 seeds keep every mean exact in floating point
     base = np.random.default_rng(1).integers(0, 8, (4, 20)) / 8
-    r = hierarchical_bootstrap(as_runs(base + 0.125), as_runs(base), samples=200, user_draw=user_draw)
+    r = hierarchical_bootstrap(as_runs(base + 0.125), as_runs(base), samples=200, user_draw=user_draw,
+                               small_sample=small_sample)
     assert (r["mean"], r["low"], r["high"]) == (0.125, 0.125, 0.125)
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_seed_only_differences_give_the_t_interval(n):
+    # every user of seed i differs by d_i: no user variance, so the corrected interval is mean +- t_{n-1} s / sqrt(n)
+    rng = np.random.default_rng(5 + n)
+    d, base = rng.normal(0.02, 0.01, n), rng.uniform(0, 1, (n, 30))
+    runs = as_runs(base + d[:, None]), as_runs(base)
+    half = t_quantile(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    r = hierarchical_bootstrap(*runs, samples=4000)
+    assert r["mean"] == pytest.approx(d.mean())
+    assert (r["high"] - r["low"]) / (2 * half) == pytest.approx(1.0, abs=0.06)
+    assert (r["low"] + r["high"]) / 2 == pytest.approx(d.mean(), abs=0.1 * half)
+    # uncorrected: normal tails and the (n-1)/n bootstrap variance, width ~ z/t sqrt((n-1)/n) of the t interval
+    u = hierarchical_bootstrap(*runs, samples=4000, small_sample=False)
+    shrink = 1.959964 / t_quantile(0.975, n - 1) * math.sqrt((n - 1) / n)
+    assert (u["high"] - u["low"]) / (2 * half) == pytest.approx(shrink, abs=0.06)
 
 
 def test_unpaired_seeds():
@@ -81,6 +109,15 @@ def test_unpaired_seeds():
     assert hierarchical_bootstrap(a, b)["low"] is None
 
 
+def test_unpaired_small_sample_correction_widens_the_interval():
+    a, b = simulate(np.random.default_rng(4), seeds=4, users=50, seed_sd=0.01, noise_sd=0.01)
+    ra, rb = as_runs(a), {s + 10: run for s, run in as_runs(b).items()}  # no shared seed: unpaired
+    r = hierarchical_bootstrap(ra, rb, samples=1000)
+    u = hierarchical_bootstrap(ra, rb, samples=1000, small_sample=False)
+    assert "unpaired" in r["method"] and r["mean"] == u["mean"]
+    assert r["low"] < u["low"] < u["high"] < r["high"]
+
+
 def test_user_bootstrap_is_the_old_paired_user_bootstrap():
     r = user_bootstrap({1: 0.5, 2: 0.25, 3: 1.0}, {1: 0.25, 2: 0.0, 3: 0.75, 4: 1.0}, samples=100)
     assert r["users"] == 3 and (r["mean"], r["low"], r["high"]) == (0.25, 0.25, 0.25)
@@ -91,12 +128,14 @@ def test_user_bootstrap_is_the_old_paired_user_bootstrap():
 def false_positive_rates(reps, **sim):
     """Share of repetitions whose 95% interval excludes 0, for each estimator, when the true difference is 0."""
     rng = np.random.default_rng(2024)
-    hits = {"shared": 0, "per_seed": 0, "old": 0}
+    hits = {"shared": 0, "shared_uncorrected": 0, "per_seed": 0, "old": 0}
     for rep in range(reps):
         a, b = simulate(rng, **sim)
         ra, rb = as_runs(a), as_runs(b)
         for draw in ("shared", "per_seed"):
             hits[draw] += excludes_zero(hierarchical_bootstrap(ra, rb, samples=400, seed=rep, user_draw=draw))
+        uncorrected = hierarchical_bootstrap(ra, rb, samples=400, seed=rep, small_sample=False)
+        hits["shared_uncorrected"] += excludes_zero(uncorrected)
         old = user_bootstrap(dict(enumerate(a.mean(axis=0))), dict(enumerate(b.mean(axis=0))), samples=400, seed=rep)
         hits["old"] += excludes_zero(old)
     return {k: v / reps for k, v in hits.items()}
@@ -105,21 +144,35 @@ def false_positive_rates(reps, **sim):
 def test_false_positive_rate_with_large_seed_variance():
     # seed effect sd 0.01 per run >> per-user noise once averaged over 300 users (0.05 / sqrt(300) = 0.003)
     rates = false_positive_rates(200, seed_sd=0.01, noise_sd=0.05)
-    # measured here: shared 0.12, per_seed 0.145, old 0.60 (other data, 1000 reps: 0.102, 0.122, 0.597).
-    # Nominal is 0.05, but a percentile bootstrap over 5 seeds lacks t tails (about 0.10-0.15 expected).
-    assert rates["shared"] <= 0.15
+    # measured here: shared 0.025 (uncorrected 0.12), per_seed 0.03, old 0.60; other data, 1000 reps: shared
+    # 0.035 (uncorrected 0.125), per_seed 0.042 (uncorrected 0.146); exact t test on per-seed differences 0.047.
+    # Uncorrected, a percentile bootstrap over 5 seeds lacks t tails. Corrected, it is a little conservative:
+    # the per-user noise counts in both the per-seed means and the user stage.
+    assert 0.01 <= rates["shared"] <= 0.07
+    assert rates["shared_uncorrected"] >= 0.08  # the defect the small-sample correction fixes
     assert rates["old"] >= 0.4  # the defect: seed-averaged user bootstrap ignores seed variance
 
 
 def test_false_positive_rate_with_persistent_per_user_differences():
     # no seed variance; each user prefers one method by the same amount in every seed (mean 0 over users)
     rates = false_positive_rates(200, seed_sd=0.0, noise_sd=0.05, user_sd=0.1)
-    # measured here: shared 0.06, per_seed 0.24, old 0.055 (other data, 1000 reps: 0.045, 0.238, 0.054)
-    assert rates["shared"] <= 0.08 and rates["old"] <= 0.08
-    assert rates["per_seed"] >= 0.15  # users resampled within each seed: user variance divided by #seeds
+    # measured here: shared 0.045 (uncorrected 0.06), per_seed 0.17 (uncorrected 0.24), old 0.055; other data,
+    # 1000 reps: shared 0.040 (uncorrected 0.044), per_seed 0.174 (uncorrected 0.224), old 0.054
+    assert rates["shared"] <= 0.06 and rates["shared_uncorrected"] <= 0.08 and rates["old"] <= 0.08
+    assert rates["per_seed"] >= 0.12  # users resampled within each seed: user variance divided by #seeds
 
 
 def test_large_true_difference_is_detected():
     a, b = simulate(np.random.default_rng(3), seed_sd=0.01, noise_sd=0.05, delta=0.05)
-    r = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=1000)
-    assert 0.0 < r["low"] < 0.05 < r["high"] < 0.1
+    r = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=1000)  # small-sample corrected
+    assert 0.0 < r["low"] < 0.05 < r["high"] < 0.1  # measured [0.033, 0.079] (uncorrected [0.042, 0.072])
+
+
+def test_seed_t_interval_by_hand():
+    from bearrec.stats import seed_t_interval
+
+    # differences 1, 2, 3: mean 2, s = 1, half-width t_2(0.975) / sqrt(3) = 4.30265 / 1.73205 = 2.48414
+    got = seed_t_interval([1.0, 2.0, 3.0])
+    assert got["mean"] == pytest.approx(2.0) and got["high"] == pytest.approx(2 + 2.48414, abs=1e-4)
+    assert got["low"] == pytest.approx(2 - 2.48414, abs=1e-4) and got["seeds"] == 3
+    assert seed_t_interval([0.5, 0.1])["low"] is None
