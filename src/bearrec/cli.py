@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
     from bearrec.training import train
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = train(cfg, resume=args.resume, force=args.force)
     test = run_dir / "eval-test" / "metrics.json"
     if test.exists():
         from bearrec.evaluation import format_table
@@ -236,7 +236,7 @@ def cmd_run(args) -> int:
     from bearrec.config import load_config
     from bearrec.driver import run
 
-    run_dir = run(load_config(args.config, args.overrides))
+    run_dir = run(load_config(args.config, args.overrides), force=args.force)
     test = run_dir / "eval-test" / "metrics.json"
     if test.exists():
         from bearrec.evaluation import format_table
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train, select, evaluate, analyse pruning and report; resumable")
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")
+    p.add_argument("--force", action="store_true",
+                   help="delete what bearrec wrote in output_dir (another config's run, or this one's) and start over")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=cmd_run)
 
@@ -369,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="delete what bearrec wrote in output_dir (another config's run, or this one's) and start over")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.bear.lam=0.5")
     p.set_defaults(func=cmd_train)
 

@@ -9,50 +9,27 @@ error rather than a silent mix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, to_dict
-from bearrec.errors import ConfigError
+from bearrec.rundir import claim, config_hash, mark
 
 
-def config_hash(cfg: Config) -> str:
-    data = to_dict(cfg)
-    data.pop("output_dir")
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _load_state(run_dir: Path, digest: str) -> dict:
-    path = run_dir / "run.json"
-    if not path.exists():
-        return {"config_hash": digest, "done": []}
-    state = json.loads(path.read_text())
-    if state.get("config_hash") != digest:
-        raise ConfigError(f"{run_dir} holds a run of another config (hash {state.get('config_hash')}, this one "
-                          f"{digest}); choose another output_dir")
-    return state
-
-
-def _mark(run_dir: Path, state: dict, step: str) -> None:
-    state["done"] = sorted(set(state["done"]) | {step})
-    atomic_write_text(run_dir / "run.json", json.dumps(state, indent=2) + "\n")
-
-
-def run(cfg: Config, progress: bool = True) -> Path:
-    from bearrec.training import _has_checkpoint, check_config, train
+def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
+    from bearrec.training import check_config, train
 
     check_config(cfg)
     run_dir = Path(cfg.output_dir)
-    state = _load_state(run_dir, config_hash(cfg))
-    if "train" not in state["done"]:
-        train(cfg, resume=_has_checkpoint(run_dir))
-        _mark(run_dir, state, "train")
-    if cfg.analysis.pruning_users != 0 and "pruning" not in state["done"]:
-        _pruning(cfg, run_dir, progress)
-        _mark(run_dir, state, "pruning")
-    write_report(cfg, run_dir)
+    with claim(run_dir, cfg, force=force) as state:
+        if "train" not in state["done"]:
+            train(cfg, resume=True)
+            mark(run_dir, "train")
+        if cfg.analysis.pruning_users != 0 and "pruning" not in state["done"]:
+            _pruning(cfg, run_dir, progress)
+            mark(run_dir, "pruning")
+        write_report(cfg, run_dir)
     return run_dir
 
 
@@ -170,8 +147,12 @@ def _markdown(s: dict, run_dir: Path) -> str:
                       f"{test['item'].get('NDCG@10', 0):.4f}).", ""]
     if s["training"]:
         t = s["training"]
-        lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, "
-                  f"{t['seconds_per_epoch']:.1f} s per epoch" + (" (resumed: this session only)" if t["resumed"] else ""), ""]
+        speed = (f"{t['seconds_per_epoch']:.1f} s per epoch" if t.get("seconds_per_epoch") is not None
+                 else "no epoch trained in the last process")
+        if t["resumed"]:
+            speed += f" (resumed: the {t.get('epochs_this_process', 0):g} epoch(s) after the checkpoint)"
+        lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, {speed}",
+                  ""]
     p = s["pruning"]
     if p:
         lines += [f"## Pruning ({p['num_users']} test users)", "", "| K | eligible | pruned | PR@K | violating |",

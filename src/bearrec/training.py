@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_los
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
+from bearrec.rundir import RunDirectoryError, claim, has_results
 from bearrec.selection import RULES, choose_epoch, user_scores
 
 
@@ -273,12 +275,30 @@ def build_encoder_and_model(cfg: Config, dataset):
     return Encoder(tokenizer, template, dataset.catalogue), model
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
+def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
+    """Fine-tune into `cfg.output_dir`. `resume`: continue from the newest complete checkpoint (a
+    directory without one starts afresh); without it a directory that already holds results of this
+    config is refused. `force`: delete what bearrec wrote there first (`bearrec.rundir`)."""
     from bearrec.data import load_dataset
 
     check_config(cfg)
     run_dir = Path(cfg.output_dir)
     dataset = load_dataset(cfg.data)  # data errors before any model is loaded
+    with claim(run_dir, cfg, force=force):
+        checkpoint = last_complete_checkpoint(run_dir) if resume else None
+        if not resume and has_results(run_dir):
+            raise RunDirectoryError(f"{run_dir} already holds a run of this config; --resume to continue it, "
+                                    f"--force to delete it and start over")
+        if checkpoint is None:  # training starts from step 0: no epoch record of an earlier attempt may remain
+            for stale in ("selection.json", "model", "train_metrics.json"):
+                path = run_dir / stale
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            for path in run_dir.glob("eval-*"):
+                shutil.rmtree(path)
+        return _train(cfg, run_dir, dataset, checkpoint)
+
+
+def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
@@ -303,11 +323,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
     if selection:
         selection.trainer = trainer
     with attention_backends():
-        result = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(run_dir) or None)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.accelerator.is_main_process:
         runtime = result.metrics.get("train_runtime", 0.0)
+        start = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] if checkpoint else 0.0
+        epochs_here = t.epochs - start  # a resumed process trained only the epochs after its checkpoint
         atomic_write_text(run_dir / "train_metrics.json", json.dumps({
-            "train_runtime_s": runtime, "seconds_per_epoch": runtime / t.epochs, "resumed": bool(resume),
+            "train_runtime_s": runtime, "seconds_per_epoch": runtime / epochs_here if epochs_here > 0 else None,
+            "epochs_this_process": epochs_here, "resumed": checkpoint is not None,
             "num_train_examples": len(train_set), "global_steps": result.global_step,
             "train_loss": result.training_loss}, indent=2) + "\n")
     if selection is None and trainer.accelerator.is_main_process:
@@ -349,8 +372,20 @@ def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_
     return data, collator
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("checkpoint-*"))
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest `checkpoints/checkpoint-N` that was saved to the end (Trainer writes
+    `trainer_state.json` last); newer incomplete ones (a process killed while saving) are removed."""
+    found = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]), reverse=True)
+    for path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            if any(path.glob("*.safetensors")) or (path / "adapter_model.bin").exists():
+                return path
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(path)
+    return None
 
 
 def _load_exported(path: Path, cfg: Config):

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import yaml
+
 from bearrec.cli import main
 from tests.conftest import write_authors
 from tests.integration.test_training import TINY
@@ -40,31 +43,120 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     assert "holds a run of another config" in capsys.readouterr().err
 
 
-def test_run_resumes_a_crashed_training(tmp_path, monkeypatch):
-    """Checkpoints without a finished train step: the driver asks the trainer to resume."""
-    import pytest
-
-    import bearrec.training as training
+def _tiny_cfg(tmp_path, *extra):
     from bearrec.config import load_config
+
+    data = write_authors(tmp_path / "Shop") if not (tmp_path / "Shop").exists() else tmp_path / "Shop"
+    return load_config(None, [f"data.name={data}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}",
+                              *TINY, "train.epochs=2", "analysis.pruning_users=0", *extra])
+
+
+class Killed(BaseException):
+    """Stands in for kill -9 at a chosen moment (BaseException: nothing in bearrec catches it)."""
+
+
+def _kill_at_checkpoint(monkeypatch, step: int, partial: bool = False):
+    """Abort right after checkpoint-`step` is saved, or (partial) while it is being saved: its
+    trainer_state.json, which Trainer writes last, is left cut off."""
+    import bearrec.training as training
+
+    original = training.BearTrainer._save_checkpoint
+
+    def save(self, model, trial):
+        original(self, model, trial)
+        if self.state.global_step == step:
+            monkeypatch.setattr(training.BearTrainer, "_save_checkpoint", original)
+            if partial:
+                state = self.args.output_dir + f"/checkpoint-{step}/trainer_state.json"
+                with open(state, "r+") as fh:
+                    fh.truncate(20)
+            raise Killed
+
+    monkeypatch.setattr(training.BearTrainer, "_save_checkpoint", save)
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it(tmp_path, monkeypatch):
     from bearrec.driver import run
 
-    data = write_authors(tmp_path / "Shop")
-    cfg = load_config(None, [f"data.name={data}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}",
-                             *TINY, "train.epochs=2", "analysis.pruning_users=0"])
-    calls = []
-
-    class Stop(Exception):
-        pass
-
-    def spy(cfg, resume=False):
-        calls.append(resume)
-        raise Stop
-
-    monkeypatch.setattr(training, "train", spy)
-    with pytest.raises(Stop):
+    cfg = _tiny_cfg(tmp_path)
+    _kill_at_checkpoint(monkeypatch, 2)
+    with pytest.raises(Killed):
         run(cfg, progress=False)
-    (tmp_path / "run" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    with pytest.raises(Stop):
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["done"] == []  # recorded before training
+    run(cfg, progress=False)
+    timing = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    assert timing["resumed"] and timing["epochs_this_process"] == 1
+    assert [e["epoch"] for e in json.loads((tmp_path / "run" / "selection.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch):
+    from bearrec.driver import run
+    from bearrec.training import last_complete_checkpoint
+
+    cfg = _tiny_cfg(tmp_path)
+    _kill_at_checkpoint(monkeypatch, 4, partial=True)
+    with pytest.raises(Killed):
         run(cfg, progress=False)
-    assert calls == [False, True]
-    assert not (tmp_path / "run" / "run.json").exists()  # the train step was never marked done
+    assert last_complete_checkpoint(tmp_path / "run").name == "checkpoint-2"
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint-4").exists()  # the cut-off one is removed
+    run(cfg, progress=False)  # before: "Can't find a valid checkpoint" on every retry
+    assert json.loads((tmp_path / "run" / "train_metrics.json").read_text())["epochs_this_process"] == 1
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["done"] == ["train"]
+
+
+def test_another_config_never_resumes_a_killed_run(tmp_path, monkeypatch, capsys):
+    """bear killed after its first checkpoint, then sft into the same directory: refused (it used to
+    resume the bear checkpoint under the sft loss); --force starts over as sft."""
+    cfg = _tiny_cfg(tmp_path, "loss.name=bear", "loss.bear.num_beams=2")
+    _kill_at_checkpoint(monkeypatch, 2)
+    from bearrec.driver import run
+
+    with pytest.raises(Killed):
+        run(cfg, progress=False)
+    bear_hash = json.loads((tmp_path / "run" / "run.json").read_text())["config_hash"]
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    argv = ["run", f"data.name={tmp_path / 'Shop'}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}",
+            *TINY, "train.epochs=2", "analysis.pruning_users=0", "loss.name=sft"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of another config" in err and bear_hash in err and "--force" in err
+    assert main([*argv, "--force"]) == 0
+    capsys.readouterr()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["name"] == "sft"
+    assert not json.loads((tmp_path / "run" / "train_metrics.json").read_text())["resumed"]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # --force deletes only what bearrec wrote
+
+
+def test_train_without_resume_into_a_finished_run_is_refused(tmp_path, capsys):
+    argv = ["train", f"data.name={write_authors(tmp_path / 'Shop')}", "data.valid_fraction=0.25",
+            f"output_dir={tmp_path / 'run'}", *TINY, "train.epochs=1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already holds a run of this config; --resume" in capsys.readouterr().err
+    (tmp_path / "run" / "eval-valid-epoch-7").mkdir()  # a stale record must not survive a fresh start
+    assert main([*argv, "--force"]) == 0
+    assert not (tmp_path / "run" / "eval-valid-epoch-7").exists()
+    assert [e["epoch"] for e in json.loads((tmp_path / "run" / "selection.json").read_text())["epochs"]] == [1]
+
+
+def test_a_locked_run_directory_is_refused_and_a_legacy_one_checked(tmp_path, capsys):
+    from bearrec.config import save_config
+    from bearrec.rundir import claim
+
+    cfg = _tiny_cfg(tmp_path)
+    argv = ["run", f"data.name={tmp_path / 'Shop'}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}",
+            *TINY, "train.epochs=2", "analysis.pruning_users=0"]
+    with claim(tmp_path / "other", cfg):
+        import subprocess
+        import sys
+
+        # another process (the lock is per process: this one may re-enter its own claim)
+        out = subprocess.run([sys.executable, "-m", "bearrec", *argv, f"output_dir={tmp_path / 'other'}"],
+                             capture_output=True, text=True)
+    assert out.returncode == 2 and "another bearrec process is working in it" in out.stderr
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_config(_tiny_cfg(tmp_path, "loss.name=msl"), legacy)  # a directory written before run.json existed
+    assert main([*argv, f"output_dir={legacy}"]) == 2
+    assert "holds a run of another config" in capsys.readouterr().err
