@@ -97,6 +97,9 @@ KNOWN = set(range(1, 7))
     ('u1,"[3]",5\n', 2, "item_ids", "at least one history item"),
     ('u1,"[1, 2]",yesterday\n', 2, "timestamp", "not a number"),
     (',"[1, 2]",5\n', 2, "user_id", "empty user id"),
+    ('u1,"[1, 2]",nan\n', 2, "timestamp", "not a number"),
+    ('u1,"' + "[" * 50_000 + "1" + "]" * 50_000 + '",5\n', 2, "item_ids", "cannot parse"),  # RecursionError
+    ('u1,"[1, 2]",5\nu2,"[1, ' + "2, " * 60_000 + '3]",6\n', 3, None, "malformed CSV: field larger"),
 ])
 def test_bad_rows_name_file_row_field(tmp_path, body, row, field, fragment):
     path = tmp_path / "train.csv"

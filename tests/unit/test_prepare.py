@@ -149,6 +149,12 @@ def test_generic_csv_pair(tmp_path):
     ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i9,5\n", "interactions.csv", 2, "unknown item id"),
     ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i1\n", "interactions.csv", 2, "expected 3 fields"),
     ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i1,noon\n", "interactions.csv", 2, "not a number"),
+    ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i1,nan\nu1,i1,5\n", "interactions.csv", 2,
+     "'nan' is not a finite number"),
+    ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i1,5\nu1,i1,inf\n", "interactions.csv", 3,
+     "not a finite number"),
+    ("item_id,title\ni1,Pen\n", "user_id,item_id,timestamp\nu1,i1,5\nu1,i1,\"" + "x" * 200_000 + "\"\n",
+     "interactions.csv", 3, "malformed CSV: field larger than field limit"),
     ("item_id,name\ni1,Pen\n", "user_id,item_id,timestamp\n", "items.csv", 1, "missing column(s) title"),
 ])
 def test_generic_bad_input(tmp_path, items, inter, name, row, fragment):

