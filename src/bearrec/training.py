@@ -147,6 +147,8 @@ class BearTrainer(Trainer):
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
             den = self.accelerator.reduce(den.detach(), reduction="sum") / world
         loss = num / den if float(den) > 0 else num * 0.0
+        if not bool(torch.isfinite(loss.detach())):  # every step, not only the logged ones
+            raise TrainingDiverged(_diverged(self.state, "loss", float(loss.detach()), self.args.output_dir))
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:
             keep = batch.positives
             self._condition.append(condition_metrics(batch.logits.detach()[keep], batch.targets[keep],
@@ -216,21 +218,21 @@ class TrainingDiverged(BearrecError, RuntimeError):
     pass
 
 
+def _diverged(state, what: str, value, checkpoints: str) -> str:
+    return (f"training diverged at step {state.global_step + 1} (epoch {state.epoch or 0:.2f}): {what} is {value}; "
+            f"checkpoints of finished epochs are in {checkpoints}. Try a lower train.learning_rate or "
+            f"train.bf16=false")
+
+
 class DivergenceGuard(TrainerCallback):
-    """Stops training with a clear error at the first logged non-finite loss or gradient norm
-    (Trainer would otherwise train on: NaN weights decode to empty recommendation lists)."""
+    """Stops training with a clear error at the first non-finite gradient, before the optimiser
+    applies it (the loss is checked in `BearTrainer.compute_loss`, every step). Trainer would
+    otherwise train on, and NaN weights decode to empty recommendation lists."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "grad_norm"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(float(value)):
-                raise TrainingDiverged(
-                    f"training diverged at step {state.global_step} (epoch {state.epoch:.2f}): {key} is {value}; "
-                    f"checkpoints of finished epochs are in {self.run_dir / 'checkpoints'}. Try a lower "
-                    f"train.learning_rate or train.bf16=false")
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
+            raise TrainingDiverged(_diverged(state, "a gradient", "not finite", args.output_dir))
 
 
 def attention_backends():
@@ -319,7 +321,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
-                          callbacks=[DivergenceGuard(run_dir), *([selection] if selection else [])])
+                          callbacks=[DivergenceGuard(), *([selection] if selection else [])])
     if selection:
         selection.trainer = trainer
     with attention_backends():

@@ -179,6 +179,17 @@ def test_diverging_training_stops_with_a_clear_error(data_dir, tmp_path, capsys)
     assert not (tmp_path / "run" / "eval-test").exists()
 
 
+def test_divergence_is_caught_at_the_first_bad_step_not_the_next_logged_one(data_dir, tmp_path, capsys):
+    import re
+
+    argv = ["train", f"data.name={data_dir}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}", *TINY,
+            "train.epochs=2", "train.learning_rate=1e10", "train.logging_steps=1000"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    step = int(re.search(r"diverged at step (\d+)", err).group(1))
+    assert step <= 2 and "Traceback" not in err  # step 1's update (lr 1e10) ruins the weights
+
+
 def test_training_attention_leaves_out_the_cudnn_backend():
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with attention_backends():
