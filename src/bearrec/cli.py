@@ -80,13 +80,13 @@ def cmd_data_download(args) -> int:
     return 0
 
 
-def _inference_setup(args):
+def _inference_setup(args, check=None):
     """(config, dataset, recommender) for --model DIR_OR_RUN: a run directory contributes its resolved
-    config.yaml (prompt, data, decode) and its `model/` folder; any other value is a model path or id."""
+    config.yaml (prompt, data, decode) and its `model/` folder; any other value is a model path or id.
+    `check(cfg, dataset)` runs before the model is loaded (bad input fails fast)."""
     from bearrec.config import load_config
     from bearrec.data import load_dataset
-    from bearrec.data.encode import Encoder
-    from bearrec.data.prompts import PromptTemplate
+    from bearrec.data.encode import build_encoder
     from bearrec.evaluation import Recommender
     from bearrec.modeling import load_model
 
@@ -103,10 +103,12 @@ def _inference_setup(args):
     cfg = load_config(config_path, overrides)
     model_path = run / "model" if (run / "model").is_dir() else args.model
     dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
+    if check is not None:
+        check(cfg, dataset)
     cfg.model.name_or_path = str(model_path)
     cfg.model.lora.enabled = False
     model, tokenizer = load_model(cfg.model)
-    encoder = Encoder(tokenizer, PromptTemplate.from_config(cfg.prompt, dataset.name), dataset.catalogue)
+    encoder = build_encoder(cfg.prompt, dataset, tokenizer, model)
     return cfg, dataset, Recommender(model, encoder, cfg.decode)
 
 
@@ -148,20 +150,23 @@ def _decoding_suffix(args) -> str:
 
 
 def cmd_recommend(args) -> int:
-    cfg, dataset, recommender = _inference_setup(args)
     try:
         history = tuple(int(x) for x in args.history.split(",") if x.strip())
     except ValueError:
         raise BearrecError(f"--history: expected comma-separated item ids, got {args.history!r}") from None
     if not history:
         raise BearrecError("--history is empty: give at least one item id")
-    unknown = [i for i in history if i not in dataset.catalogue]
-    if unknown:
-        raise BearrecError(f"--history: unknown item id {unknown[0]} (not in the {dataset.name} catalogue)")
     if args.k < 1:
         raise BearrecError(f"--k must be >= 1, got {args.k}")
-    if args.k > cfg.decode.num_beams:
-        raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
+
+    def check(cfg, dataset):
+        unknown = [i for i in history if i not in dataset.catalogue]
+        if unknown:
+            raise BearrecError(f"--history: unknown item id {unknown[0]} (not in the {dataset.name} catalogue)")
+        if args.k > cfg.decode.num_beams:
+            raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
+
+    cfg, dataset, recommender = _inference_setup(args, check)
     (rec,) = recommender.recommend([history])
     rows = [{"rank": r, "items": list(rec.items[r]), "title": rec.titles[r], "score": rec.scores[r]}
             for r in range(min(args.k, len(rec.titles)))]

@@ -36,16 +36,14 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
 def run_recommender(cfg: Config, run_dir: Path):
     """(dataset, Recommender) of a finished run: its exported `model/` with the run's prompt and decoding."""
     from bearrec.data import load_dataset
-    from bearrec.data.encode import Encoder
-    from bearrec.data.prompts import PromptTemplate
+    from bearrec.data.encode import build_encoder
     from bearrec.evaluation import Recommender
     from bearrec.modeling import load_tokenizer
     from bearrec.training import _load_exported
 
     dataset = load_dataset(cfg.data)
     model = _load_exported(run_dir / "model", cfg)
-    encoder = Encoder(load_tokenizer(run_dir / "model"), PromptTemplate.from_config(cfg.prompt, dataset.name),
-                      dataset.catalogue)
+    encoder = build_encoder(cfg.prompt, dataset, load_tokenizer(run_dir / "model"), model)
     return dataset, Recommender(model, encoder, cfg.decode)
 
 

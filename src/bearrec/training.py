@@ -14,7 +14,6 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, save_config, to_dict
-from bearrec.data.encode import EncodedExample, Encoder
+from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
 from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_loss_parts, condition_metrics,
@@ -274,7 +273,7 @@ def build_encoder_and_model(cfg: Config, dataset):
         texts = [*dataset.catalogue.unique_titles,
                  *(template.render([dataset.catalogue.title(i) for i in e.history]) for e in sample)]
     model, tokenizer = load_model(cfg.model, texts=texts, seed=cfg.seed)
-    return Encoder(tokenizer, template, dataset.catalogue), model
+    return build_encoder(cfg.prompt, dataset, tokenizer, model), model
 
 
 def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:

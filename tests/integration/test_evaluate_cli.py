@@ -67,6 +67,18 @@ def test_evaluate_limit_is_a_seeded_subset(run_dir, tmp_path):
     assert (out / "predictions.jsonl").read_text() == first
 
 
+def test_recommend_checks_the_history_before_loading_the_model(run_dir, capsys, monkeypatch):
+    import bearrec.modeling
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the history was checked")
+
+    monkeypatch.setattr(bearrec.modeling, "load_model", no_model)
+    for history, k in (("1,99", 2), ("1", 5), ("1,x", 2)):
+        assert main(["recommend", "--model", str(run_dir), "--history", history, "--k", str(k)]) == 2
+        assert "error:" in capsys.readouterr().err
+
+
 def test_recommend_json_and_bad_input(run_dir, capsys):
     assert main(["recommend", "--model", str(run_dir), "--history", "1,2", "--k", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
