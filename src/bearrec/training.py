@@ -14,6 +14,7 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -324,7 +325,11 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     if selection:
         selection.trainer = trainer
     with attention_backends():
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except pickle.UnpicklingError as exc:  # Trainer loads checkpoint files with weights_only=True
+            raise BearrecError(f"{checkpoint}: refused a file that holds more than tensors "
+                               f"({str(exc).splitlines()[0]}); delete that checkpoint or rerun with --force") from None
     if trainer.accelerator.is_main_process:
         runtime = result.metrics.get("train_runtime", 0.0)
         start = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] if checkpoint else 0.0

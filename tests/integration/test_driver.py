@@ -160,3 +160,26 @@ def test_a_locked_run_directory_is_refused_and_a_legacy_one_checked(tmp_path, ca
     save_config(_tiny_cfg(tmp_path, "loss.name=msl"), legacy)  # a directory written before run.json existed
     assert main([*argv, f"output_dir={legacy}"]) == 2
     assert "holds a run of another config" in capsys.readouterr().err
+
+
+def test_a_crafted_checkpoint_file_is_refused_on_resume(tmp_path, monkeypatch, capsys):
+    """A checkpoint file that would run code when unpickled: one line, nothing run, whatever
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says."""
+    import torch
+
+    from tests.unit.test_safe_loading import _Payload
+
+    cfg = _tiny_cfg(tmp_path)
+    _kill_at_checkpoint(monkeypatch, 2)
+    from bearrec.driver import run
+
+    with pytest.raises(Killed):
+        run(cfg, progress=False)
+    marker = tmp_path / "ran"
+    torch.save({"state": _Payload(marker)}, tmp_path / "run" / "checkpoints" / "checkpoint-2" / "rng_state.pth")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    argv = ["run", f"data.name={tmp_path / 'Shop'}", "data.valid_fraction=0.25", f"output_dir={tmp_path / 'run'}",
+            *TINY, "train.epochs=2", "analysis.pruning_users=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists() and "checkpoint-2: refused a file" in err and "Traceback" not in err
