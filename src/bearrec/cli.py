@@ -178,6 +178,31 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from bearrec.serve.settings import settings_from_args
+
+    settings = settings_from_args(args)  # bad flags: one line, before anything is loaded
+    if args.batch_size is None:
+        args.batch_size = settings.max_batch_size  # a server batch is one decoder call
+    try:
+        from bearrec.serve.model import served_model
+        from bearrec.serve.server import run_server
+    except ImportError as exc:
+        raise BearrecError(f"bearrec serve needs fastapi, uvicorn and prometheus-client "
+                           f"(pip install -r requirements.txt): {exc}") from None
+
+    def check(cfg, dataset):
+        if cfg.decode.num_beams < 1 or cfg.decode.batch_size < 1:
+            raise ConfigError(f"--num-beams and --batch-size must be >= 1, got {cfg.decode.num_beams} and "
+                              f"{cfg.decode.batch_size}")
+
+    def load(checked):
+        cfg, dataset, recommender = _inference_setup(args, lambda cfg, dataset: (check(cfg, dataset), checked()))
+        return served_model(args.model, cfg, dataset, recommender)
+
+    return run_server(settings, load)
+
+
 def cmd_train(args) -> int:
     from bearrec.config import load_config
     from bearrec.training import train
@@ -398,6 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("serve", help="an HTTP server (FastAPI) for recommendations, requests decoded in batches")
+    inference_flags(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-batch-size", type=int, help="users decoded together at most (default 8); also the "
+                   "decoder's --batch-size unless given")
+    p.add_argument("--max-batch-delay-ms", type=float, help="longest wait for a batch to fill (default 5 ms)")
+    p.add_argument("--max-queue", type=int, help="users waiting at most; beyond it 503 + Retry-After (default 256)")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body (default 65536; 413 above)")
+    p.add_argument("--max-history", type=int, help="longest history accepted (default 200 items)")
+    p.add_argument("--max-request-users", type=int, help="users in one batch request at most (default 64)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default warning)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

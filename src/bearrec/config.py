@@ -51,7 +51,7 @@ class PromptConfig:
     history_prefix: Optional[str] = None  # overrides the preset's history phrase
     max_history_items: Optional[int] = None  # keep only the latest N history titles
     max_title_words: Optional[int] = None  # cut history titles (compact prompts for small models)
-    max_title_tokens: Optional[int] = 128  # a target title (EOS included) longer than this is reported
+    max_title_tokens: Optional[int] = 256  # a target title (EOS included) longer than this is reported
     # a title over max_title_tokens, or an example longer than the model's positions: warn (one line) or error
     on_too_long: Literal["warn", "error"] = "warn"
 
