@@ -28,9 +28,9 @@ from bearrec.metrics import ndcg
 from bearrec.stats import hierarchical_bootstrap, user_bootstrap
 
 METRICS = ("NDCG@5", "HR@5", "NDCG@10", "HR@10")
-# settings that do not change what a run measures: never part of a label
+# settings that do not change what a run measures (paths, logging, warnings): never part of a label
 IGNORED = ("seed", "output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
-           "train.eval_test", "analysis.")
+           "train.eval_test", "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long", "analysis.")
 # the loss sections each method reads (the rest of `loss` is ignored when labelling its runs)
 LOSS_SECTIONS = {"sft": (), "msl": ("tau",), "bear": ("tau", "bear"), "beam_sim": ("tau", "bear"),
                  "dpo": ("pref",), "sdpo": ("pref",), "sdpo_bear": ("tau", "bear", "pref")}
