@@ -166,9 +166,16 @@ def report(args) -> dict:
         for name, members in compared.items():
             timing = [_metrics(r)["training"]["seconds_per_epoch"] for r in members if _metrics(r).get("training")]
             epochs = [((_metrics(r).get("selection") or {}).get("best") or {}).get("epoch") for r in members]
+            choices = [(_metrics(r).get("selection") or {}).get("choice") or {} for r in members]
             details[name] = {"seeds": [int(r.name.split("=")[1]) for r in members],
                              "seconds_per_epoch": statistics.fmean(timing) if timing else None,
-                             "chosen_epochs": epochs}
+                             "chosen_epochs": epochs,
+                             "test_ndcg@10": [_metrics(r)["test"]["item"]["NDCG@10"] for r in members],
+                             "last_epoch_ndcg@10": [((_metrics(r).get("test_last_epoch") or {}).get("item") or {})
+                                                    .get("NDCG@10") for r in members],
+                             "valid_hits": [((_metrics(r).get("selection") or {}).get("best") or {}).get("hits")
+                                            for r in members],
+                             "within_noise": sum(bool(c.get("within_noise")) for c in choices)}
             pruned = next((r for r in members if (r / "pruning-test" / "pruning.json").exists()), None)
             if pruned:
                 result = json.loads((pruned / "pruning-test" / "pruning.json").read_text())
@@ -188,6 +195,13 @@ def report(args) -> dict:
                   f"{v['test_ndcg@10']:.4f} |" for k, v in selection.items()]
         lines += ["", to_markdown(table), "| method | seeds | s/epoch | chosen epochs | PR@5 (eligible) | PR@10 "
                   "(eligible) | violating share of pruned @10 |", "|---|---|---|---|---|---|---|"]
+        seeds_table = ["| method | test NDCG@10 per seed | last epoch's test NDCG@10 | validation hits behind the "
+                       "choice | choices within one SE |", "|---|---|---|---|---|"]
+        for name, d in details.items():
+            show = lambda xs: ", ".join("n/a" if x is None else f"{x:.4f}" for x in xs)  # noqa: E731
+            seeds_table.append(f"| {name} | {show(d['test_ndcg@10'])} | {show(d['last_epoch_ndcg@10'])} | "
+                               f"{', '.join(str(h) for h in d['valid_hits'])} | {d['within_noise']} of "
+                               f"{len(d['seeds'])} |")
         for name, d in details.items():
             p = d.get("pruning", {})
 
@@ -197,7 +211,7 @@ def report(args) -> dict:
             share = (p.get("PR@10") or {}).get("violation_share")
             lines.append(f"| {name} | {len(d['seeds'])} | {d['seconds_per_epoch'] or 0:.1f} | {d['chosen_epochs']} | "
                          f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
-        lines.append("")
+        lines += ["", *seeds_table, ""]
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
@@ -237,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
     report(args)
-    print((Path(args.root) / "summary.md").read_text())
+    if (Path(args.root) / "summary.md").exists():
+        print((Path(args.root) / "summary.md").read_text())
     return 0
 
 

@@ -197,8 +197,10 @@ def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluatio
             improvement[(d, metric)] = (best_m, 100 * (best - other) / other if other > 0 else math.inf)
             if metric == "NDCG@10":
                 significance.setdefault(d, []).append((best_m, other_m))
-        significance.setdefault(d, []).extend(
+        significance.setdefault(d, []).extend(  # a pair asked for replaces best - other when it is the same two
             (a, b) for a, b in pairs if (a, d) in groups and (b, d) in groups and (a, b) not in significance[d])
+        asked = set(pairs)
+        significance[d] = [(a, b) for a, b in significance[d] if (a, b) in asked or (b, a) not in asked]
         significance[d] = [{"a": a, "b": b, **difference(groups[(a, d)], groups[(b, d)], bootstrap_samples)}
                            for a, b in significance[d]]
     return {"runs": runs, "datasets": datasets, "methods": methods, "cells": cells, "improvement": improvement,

@@ -114,6 +114,9 @@ def test_pairs_are_reported_and_unknown_rows_refused(tmp_path, capsys):
     assert main(["compare", *map(str, runs), "--pair", "bear - sft", "--bootstrap", "50"]) == 0
     out = capsys.readouterr().out
     assert "NDCG@10 msl - bear = +0.1845" in out and "NDCG@10 bear - sft = +0.3155" in out
+    assert main(["compare", *map(str, runs), "--pair", "bear - msl", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out  # the pair asked for replaces best - other (the same two, reversed)
+    assert "NDCG@10 bear - msl = -0.1845" in out and "msl - bear" not in out
     assert main(["compare", *map(str, runs), "--pair", "bear - dpo"]) == 2
     assert "no row 'dpo'" in capsys.readouterr().err
     assert main(["compare", *map(str, runs), "--pair", "bear"]) == 2
