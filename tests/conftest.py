@@ -54,3 +54,21 @@ def title_tokenizer():
 
     texts = [*TITLES.values(), *[a + b for a, b in DOMAINS.values()], "### Response:\n", "History: Next:\n"]
     return train_bpe_tokenizer(texts * 5, vocab_size=400)
+
+
+def write_tiny_run(root: Path, decode: dict) -> Path:
+    """An untrained tiny model saved as a run directory (`model/` + config.yaml) over `write_authors`."""
+    import yaml
+
+    from bearrec.config import TinyModelConfig
+    from bearrec.modeling import build_tiny, save_pretrained
+
+    data = write_authors(root / "Shop")
+    tiny = TinyModelConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model, tok = build_tiny(tiny, list(TITLES.values()) * 3 + ['History: "a"\nNext:\n'], seed=0)
+    run = root / "run"
+    save_pretrained(model, tok, run / "model")
+    cfg = {"seed": 3, "data": {"name": str(data), "valid_fraction": 0.0}, "prompt": {"template": "compact"},
+           "decode": decode}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run

@@ -9,10 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # once, at import: setting it later could race with another thread's file creation
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

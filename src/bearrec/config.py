@@ -109,8 +109,10 @@ class BearConfig:
     xi: float = 2.75  # temperature of the smoothed indicator
     form: Literal["reference", "paper", "violators"] = "reference"
     # positions with fewer than B valid tokens: min_valid = the authors' released code (beta is the
-    # smallest valid probability there); trivial = the paper's reading (condition met, beta = 0)
-    short_sets: Literal["min_valid", "trivial"] = "min_valid"
+    # smallest valid probability there); trivial = the paper's reading (condition met, beta = 0);
+    # auto = min_valid for loss `bear` with form `reference` (the released loss), trivial for the other
+    # forms and sdpo_bear (no released code; a token that cannot be pruned is not pushed)
+    short_sets: Literal["auto", "min_valid", "trivial"] = "auto"
 
 
 @dataclass
@@ -172,6 +174,75 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+
+# What a config written before a key existed ran with (a missing key is not today's default).
+LEGACY = {"loss.bear.short_sets": "trivial", "train.selection_rule": "max"}
+# Keys that change nothing a run measures (paths, logging, warnings): not part of its identity.
+NOT_MEASURED = ("output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
+                "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long")
+
+
+def effective_short_sets(loss_name: str, form: str, short_sets: str) -> str:
+    """`loss.bear.short_sets` as the loss applies it (`auto` resolved)."""
+    if short_sets != "auto":
+        return short_sets
+    return "min_valid" if loss_name == "bear" and form == "reference" else "trivial"
+
+
+def _get(data: dict, dotted: str):
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resolved(data: dict) -> dict:
+    """A config dict (e.g. a run's config.yaml) as the run behaved: keys it lacks that changed
+    meaning get their LEGACY value, and `auto` settings are resolved."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for key, value in LEGACY.items():
+        if _get(out, key) is None:
+            _set(out, key, value)
+    bear = _get(out, "loss.bear")
+    if isinstance(bear, dict):
+        bear["short_sets"] = effective_short_sets(_get(out, "loss.name") or "bear", bear.get("form", "reference"),
+                                                  bear["short_sets"])
+    return out
+
+
+def identity(data: dict) -> dict:
+    """`resolved(data)` without the NOT_MEASURED keys: what makes two runs the same experiment."""
+    out = resolved(data)
+    for key in NOT_MEASURED:
+        *path, last = key.split(".")
+        node = _get(out, ".".join(path)) if path else out
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
 def _type_name(tp: Any) -> str:

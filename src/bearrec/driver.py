@@ -72,7 +72,8 @@ def write_report(cfg: Config, run_dir: Path) -> dict:
     if pruning:
         pruning = {k: v for k, v in pruning.items() if k != "users"}
     last = _read(run_dir / "eval-test-last" / "metrics.json")
-    if last is None and test and selection and selection.get("best"):
+    if last is None and test and selection and selection.get("best") and selection["best"]["epoch"] == max(
+            e["epoch"] for e in selection["epochs"]):
         last = {**test, "epoch": selection["best"]["epoch"]}  # the chosen epoch was the last one
     summary = {"config_hash": config_hash(cfg), "dataset": cfg.data.name, "model": cfg.model.name_or_path,
                "loss": to_dict(cfg.loss), "seed": cfg.seed, "test": test, "test_last_epoch": last,

@@ -20,6 +20,7 @@ from bearrec.config import DecodeConfig
 from bearrec.data.catalogue import Example
 from bearrec.data.encode import Encoder
 from bearrec.decoding import beam_search
+from bearrec.errors import BearrecError
 from bearrec.metrics import item_rank, summarize, title_rank
 
 
@@ -121,7 +122,16 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
 
 def write_outputs(out_dir: str | Path, preds: list[dict], metrics: dict) -> None:
     """`predictions.jsonl` and `metrics.json` replace the folder's old pair together (one folder
-    rename), so a killed process never leaves new predictions beside old metrics."""
+    rename), so a killed process never leaves new predictions beside old metrics. A folder holding
+    anything else is refused (it would be replaced whole)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        other = sorted(p.name for p in out_dir.iterdir() if p.name not in ("predictions.jsonl", "metrics.json"))
+        if other:
+            raise BearrecError(f"{out_dir}: holds {other[0]!r}, which is not an evaluation output; choose another "
+                               f"output folder (it would be replaced)")
+    elif out_dir.exists():
+        raise BearrecError(f"{out_dir}: is a file; choose another output folder")
     with atomic_directory(out_dir) as tmp:
         (tmp / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds),
                                                encoding="utf-8")

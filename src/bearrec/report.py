@@ -23,14 +23,14 @@ from pathlib import Path
 
 import yaml
 
+from bearrec.config import NOT_MEASURED, flatten, resolved
 from bearrec.errors import BearrecError
 from bearrec.metrics import ndcg
 from bearrec.stats import hierarchical_bootstrap, user_bootstrap
 
 METRICS = ("NDCG@5", "HR@5", "NDCG@10", "HR@10")
-# settings that do not change what a run measures (paths, logging, warnings): never part of a label
-IGNORED = ("seed", "output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
-           "train.eval_test", "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long", "analysis.")
+# never part of a label: the seed, what changes nothing a run measures, the pruning analysis settings
+IGNORED = ("seed", "train.eval_test", *NOT_MEASURED, "analysis.")
 # the loss sections each method reads (the rest of `loss` is ignored when labelling its runs)
 LOSS_SECTIONS = {"sft": (), "msl": ("tau",), "bear": ("tau", "bear"), "beam_sim": ("tau", "bear"),
                  "dpo": ("pref",), "sdpo": ("pref",), "sdpo_bear": ("tau", "bear", "pref")}
@@ -46,25 +46,16 @@ def method_label(cfg: dict) -> str:
     return f"bear{form}{base}"
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def run_settings(cfg: dict) -> dict[str, str]:
     """The settings that define what a run measures, flattened (`loss.bear.lam` -> '1.0'): all of
     the config except the seed, paths and logging, and the loss sections its method does not read.
     A string naming the run's own seed (`.../seed=3/model`) is written with `seed=*`."""
+    cfg = resolved(cfg)  # an older run's missing keys mean what it ran with, not today's defaults
     name = cfg["loss"]["name"]
     used = LOSS_SECTIONS.get(name, ("tau", "bear", "pref"))
     seed = f"seed={cfg['seed']}"
     out = {}
-    for key, value in _flatten(cfg).items():
+    for key, value in flatten(cfg).items():
         if key in IGNORED or any(key.startswith(p) for p in IGNORED if p.endswith(".")):
             continue
         if key.startswith("loss.") and key != "loss.name" and not key.split(".")[1] in used:
@@ -227,8 +218,9 @@ def describe_difference(dataset: str, s: dict) -> str:
     if s.get("low") is None:
         text = f"{head} = {s['mean']:+.4f}; {s.get('reason', 'no interval')}"
     else:
+        seeds = s["seeds"] if not isinstance(s["seeds"], dict) else f"{s['seeds']['a']} and {s['seeds']['b']}"
         text = (f"{head} = {s['mean']:+.4f}, 95% CI [{s['low']:+.4f}, {s['high']:+.4f}] ({s['method']}; "
-                f"{s['seeds']} seeds, {s['users']} users)")
+                f"{seeds} seeds, {s['users']} users)")
     text += f". Per seed: {per_seed}." if per_seed else "."
     old = s.get("users_only")
     if old and old.get("low") is not None:

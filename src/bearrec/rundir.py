@@ -19,15 +19,17 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, load_config, to_dict
+from bearrec.config import Config, flatten, from_dict, identity, resolved, to_dict
 from bearrec.errors import BearrecError
 
 LOCK = ".bearrec.lock"
 # what bearrec writes into a run directory (`--force` removes these and nothing else)
 OWNED = ("run.json", "config.yaml", "checkpoints", "model", "selection.json", "train_metrics.json", "metrics.json",
-         "report.md", "valid_curve.png", "reference_logps.pt", "pruning-test")
-OWNED_PREFIXES = ("eval-",)
+         "report.md", "valid_curve.png", "reference_logps.pt")
+OWNED_PREFIXES = ("eval-", "pruning-", ".model.", ".eval-")  # the dotted ones: temporary folders of a killed write
 _held: dict[Path, int] = {}  # run directories this process holds -> nesting depth
 
 
@@ -36,9 +38,30 @@ class RunDirectoryError(BearrecError):
 
 
 def config_hash(cfg: Config) -> str:
-    data = to_dict(cfg)
-    data.pop("output_dir")
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    """Hash of what the run measures (`bearrec.config.identity`: paths, logging and warning-only
+    settings left out, `auto` settings resolved)."""
+    return hashlib.sha1(json.dumps(identity(to_dict(cfg)), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _stored_config(run_dir: Path) -> Config | None:
+    """The run's config.yaml as that run behaved (keys an older bearrec did not write get the
+    values it used), or None when there is none or it cannot be read."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        return from_dict(resolved(yaml.safe_load(path.read_text()) or {}), source=str(path))
+    except (BearrecError, yaml.YAMLError, OSError):
+        return None
+
+
+def _differences(old: Config | None, new: Config, most: int = 4) -> str:
+    if old is None:
+        return ""
+    a, b = flatten(identity(to_dict(old))), flatten(identity(to_dict(new)))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:most])
+    return f"; it differs in {shown}{' ...' if len(keys) > most else ''}" if keys else ""
 
 
 def _is_main_process() -> bool:
@@ -67,10 +90,8 @@ def _recorded_hash(run_dir: Path) -> str | None:
     if state is not None:
         return state.get("config_hash")
     if (run_dir / "config.yaml").exists():  # a directory from before run.json was written first
-        try:
-            return config_hash(load_config(run_dir / "config.yaml"))
-        except BearrecError:
-            return "unreadable"
+        stored = _stored_config(run_dir)
+        return config_hash(stored) if stored is not None else "unreadable"
     return None
 
 
@@ -79,6 +100,19 @@ def clear(run_dir: Path) -> None:
     for path in run_dir.iterdir():
         if _owned(path):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def clear_results(run_dir: Path) -> None:
+    """Before training from step 0: remove every result of an earlier attempt (epoch records, exported
+    model, test and pruning outputs, report) and forget its finished steps; keep the identity
+    (`run.json`'s hash, `config.yaml`) and caches keyed by content (`reference_logps.pt`)."""
+    for path in run_dir.iterdir():
+        if _owned(path) and path.name not in ("run.json", "config.yaml", "reference_logps.pt"):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    state = read_state(run_dir)
+    if state is not None and state.get("done"):
+        state["done"] = []
+        atomic_write_text(run_dir / "run.json", json.dumps(state, indent=2) + "\n")
 
 
 def has_results(run_dir: Path) -> bool:
@@ -118,11 +152,18 @@ def claim(run_dir: str | Path, cfg: Config, force: bool = False):
     _held[run_dir] = 1
     try:
         digest = config_hash(cfg)
-        recorded = _recorded_hash(run_dir)
+        try:
+            recorded = _recorded_hash(run_dir)
+        except RunDirectoryError:
+            if not force:
+                raise
+            recorded = "unreadable"
         if recorded is not None and recorded != digest:
             if not force:
-                raise RunDirectoryError(f"{run_dir} holds a run of another config (hash {recorded}, this one {digest}); "
-                                        f"choose another output_dir, or --force to delete that run and start over")
+                raise RunDirectoryError(
+                    f"{run_dir} holds a run of another config (hash {recorded}, this one {digest})"
+                    f"{_differences(_stored_config(run_dir), cfg)}; choose another output_dir, or --force to "
+                    f"delete that run and start over")
             clear(run_dir)
         elif recorded is None and has_results(run_dir) and not force:
             raise RunDirectoryError(f"{run_dir} holds results of an unknown config (no run.json, no config.yaml); "

@@ -148,7 +148,7 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
     "per_seed" draws users independently within each drawn seed (the textbook nested scheme); it
     divides that per-user variance by the number of seeds and is anti-conservative when per-user
     differences persist across seeds (measured 24% false positives at nominal 5%, see the tests).
-    Unpaired case (no shared seed): each method's seeds are drawn independently and the user draw is
+    Unpaired case (the methods' seed sets differ): each method's seeds are drawn independently and the user draw is
     shared by all drawn seeds of both methods within one bootstrap sample (paired by user).
     With fewer than `min_seeds` seeds (paired: shared seeds; unpaired: each method's) low and high
     are None and "reason" says why; mean and per_seed are still given.
@@ -167,7 +167,7 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
     users = _common_users(a, b)
     common = sorted(set(a) & set(b))
     rng = np.random.default_rng(seed)
-    if common:
+    if set(a) == set(b):  # paired by seed only when both have the same seeds (none is thrown away)
         diff = _matrix(a, common, users) - _matrix(b, common, users)
         result = {"mean": float(diff.mean()), "seeds": len(common), "users": len(users),
                   "per_seed": {s: float(d) for s, d in zip(common, diff.mean(axis=1))},
@@ -177,8 +177,9 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
         mats, signs = [diff], [1.0]
     else:
         ma, mb = _matrix(a, sorted(a), users), _matrix(b, sorted(b), users)
+        per_seed = (_matrix(a, common, users) - _matrix(b, common, users)).mean(axis=1) if common else []
         result = {"mean": float(ma.mean() - mb.mean()), "seeds": {"a": len(a), "b": len(b)}, "users": len(users),
-                  "per_seed": {}, "method": "unpaired two-stage bootstrap: each method's seeds independently, "
+                  "per_seed": {s: float(d) for s, d in zip(common, per_seed)}, "method": "unpaired two-stage bootstrap: each method's seeds independently, "
                                             "then users (one user draw shared by both methods)"}
         enough = min(len(a), len(b)) >= min_seeds
         mats, signs, user_draw = [ma, mb], [1.0, -1.0], "shared"

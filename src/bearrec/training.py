@@ -33,7 +33,7 @@ from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_los
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
-from bearrec.rundir import RunDirectoryError, claim, has_results
+from bearrec.rundir import RunDirectoryError, claim, clear_results, has_results, mark
 from bearrec.selection import RULES, choose_epoch, user_scores
 
 
@@ -286,18 +286,26 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     check_config(cfg)
     run_dir = Path(cfg.output_dir)
     dataset = load_dataset(cfg.data)  # data errors before any model is loaded
+    state = distributed_state()
     with claim(run_dir, cfg, force=force):
-        checkpoint = last_complete_checkpoint(run_dir) if resume else None
+        state.wait_for_everyone()  # the other processes of `accelerate launch` wait for the main one's claim
         if not resume and has_results(run_dir):
             raise RunDirectoryError(f"{run_dir} already holds a run of this config; --resume to continue it, "
                                     f"--force to delete it and start over")
-        if checkpoint is None:  # training starts from step 0: no epoch record of an earlier attempt may remain
-            for stale in ("selection.json", "model", "train_metrics.json"):
-                path = run_dir / stale
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            for path in run_dir.glob("eval-*"):
-                shutil.rmtree(path)
-        return _train(cfg, run_dir, dataset, checkpoint)
+        found = [None]
+        if state.is_main_process:
+            found[0] = last_complete_checkpoint(run_dir) if resume else None
+            if found[0] is None:  # training starts from step 0: no record of an earlier attempt may remain
+                clear_results(run_dir)
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            state.wait_for_everyone()
+            broadcast_object_list(found)
+        result = _train(cfg, run_dir, dataset, found[0])
+        if state.is_main_process:
+            mark(run_dir, "train")
+        return result
 
 
 def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
@@ -334,11 +342,12 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
         runtime = result.metrics.get("train_runtime", 0.0)
         start = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] if checkpoint else 0.0
         epochs_here = t.epochs - start  # a resumed process trained only the epochs after its checkpoint
-        atomic_write_text(run_dir / "train_metrics.json", json.dumps({
-            "train_runtime_s": runtime, "seconds_per_epoch": runtime / epochs_here if epochs_here > 0 else None,
-            "epochs_this_process": epochs_here, "resumed": checkpoint is not None,
-            "num_train_examples": len(train_set), "global_steps": result.global_step,
-            "train_loss": result.training_loss}, indent=2) + "\n")
+        if epochs_here > 0 or not (run_dir / "train_metrics.json").exists():  # keep the timing of the epochs
+            atomic_write_text(run_dir / "train_metrics.json", json.dumps({
+                "train_runtime_s": runtime, "seconds_per_epoch": runtime / epochs_here if epochs_here > 0 else None,
+                "epochs_this_process": epochs_here, "resumed": checkpoint is not None,
+                "num_train_examples": len(train_set), "global_steps": result.global_step,
+                "train_loss": result.training_loss}, indent=2) + "\n")
     if selection is None and trainer.accelerator.is_main_process:
         save_pretrained(trainer.accelerator.unwrap_model(trainer.model), encoder.tokenizer, run_dir / "model")
     if cfg.train.eval_test:
@@ -350,8 +359,17 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)
-        last = max((e["epoch"] for e in selection.record["epochs"]), default=None) if selection else None
-        if selection is not None and selection.record["best"]["epoch"] != last:
+        # the record lives on the main process: its decision goes to every process (evaluate gathers)
+        decision = [None]
+        if selection is not None and trainer.accelerator.is_main_process:
+            last = max(e["epoch"] for e in selection.record["epochs"])
+            decision[0] = last if selection.record["best"]["epoch"] != last else None
+        if trainer.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(decision)
+        last = decision[0]
+        if last is not None:
             # what selection did: the last epoch's weights (still in memory) on the same test users
             final = trainer.accelerator.unwrap_model(trainer.model).eval()
             preds, metrics = evaluate(Recommender(final, encoder, cfg.decode), dataset.test, test_idx)
@@ -383,14 +401,12 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
     `trainer_state.json` last); newer incomplete ones (a process killed while saving) are removed."""
     found = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()),
                    key=lambda p: int(p.name[11:]), reverse=True)
-    for path in found:
+    for path in found:  # whatever the weights' format (safetensors, .bin, FSDP shards): Trainer saves them first
         try:
             json.loads((path / "trainer_state.json").read_text())
-            if any(path.glob("*.safetensors")) or (path / "adapter_model.bin").exists():
-                return path
+            return path
         except (OSError, ValueError):
-            pass
-        shutil.rmtree(path)
+            shutil.rmtree(path)
     return None
 
 

@@ -3,32 +3,22 @@
 import json
 
 import pytest
-import yaml
 
 from bearrec.cli import main
-from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
+from bearrec.config import DecodeConfig, PromptConfig
 from bearrec.data.authors import load_authors_dir
 from bearrec.data.encode import Encoder
 from bearrec.data.prompts import PromptTemplate
 from bearrec.decoding import beam_search
 from bearrec.metrics import summarize
-from bearrec.modeling import build_tiny, load_tokenizer, save_pretrained
-from tests.conftest import TITLES, write_authors
+from bearrec.modeling import load_tokenizer
+from tests.conftest import TITLES, write_tiny_run
 
-TINY = TinyModelConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    data = write_authors(root / "Shop")
-    model, tok = build_tiny(TINY, list(TITLES.values()) * 3 + ['History: "a"\nNext:\n'], seed=0)
-    run = root / "run"
-    save_pretrained(model, tok, run / "model")
-    cfg = {"seed": 3, "data": {"name": str(data), "valid_fraction": 0.0},
-           "prompt": {"template": "compact"}, "decode": {"num_beams": 3, "batch_size": 2, "ks": [1, 3, 10]}}
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return run
+    return write_tiny_run(tmp_path_factory.mktemp("eval"), {"num_beams": 3, "batch_size": 2, "ks": [1, 3, 10]})
 
 
 def test_evaluate_writes_predictions_and_metrics(run_dir, capsys):

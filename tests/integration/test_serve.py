@@ -5,6 +5,7 @@ graceful shutdown, and the command itself (a subprocess, SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -19,32 +20,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from bearrec.cli import _inference_setup, build_parser, main
-from bearrec.config import TinyModelConfig
-from bearrec.modeling import build_tiny, save_pretrained
 from bearrec.serve.app import Service, create_app
 from bearrec.serve.model import served_model
 from bearrec.serve.server import ServerThread
 from bearrec.serve.settings import ServeSettings
-from tests.conftest import TITLES, write_authors
+from tests.conftest import TITLES, write_tiny_run
 
-TINY = TinyModelConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 BEAMS = 4  # 5 distinct titles; "Red Pen" is items 1 and 4
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    data = write_authors(root / "Shop")
-    model, tok = build_tiny(TINY, list(TITLES.values()) * 3 + ['History: "a"\nNext:\n'], seed=0)
-    run = root / "run"
-    save_pretrained(model, tok, run / "model")
-    cfg = {"seed": 3, "data": {"name": str(data), "valid_fraction": 0.0}, "prompt": {"template": "compact"},
-           "decode": {"num_beams": BEAMS, "batch_size": 2, "ks": [1, 3]}}
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return run
+    return write_tiny_run(tmp_path_factory.mktemp("serve"), {"num_beams": BEAMS, "batch_size": 2, "ks": [1, 3]})
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +125,20 @@ def test_endpoints(served, run_dir):
         for name in ("bearrec_queue_depth", "bearrec_http_request_duration_seconds_bucket", "bearrec_batch_size_count",
                      "bearrec_model_ready"):
             assert name in text
+
+
+def test_before_the_model_is_loaded(served):
+    """Alive at once; not ready, and recommendations refused with 503 + Retry-After, until attached."""
+    service = Service(ServeSettings())
+    with ServerThread(create_app(service.settings, service), service.settings) as srv, \
+            httpx.Client(base_url=srv.url) as client:
+        assert client.get("/health").status_code == 200
+        for r in (client.get("/ready"), client.get("/info"), client.post("/v1/recommend", json={"history": [1]})):
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "bearrec_model_ready 0.0" in client.get("/metrics").text
+        service.attach(served)
+        assert client.get("/ready").json() == {"ready": True}
+        assert client.post("/v1/recommend", json={"history": [1]}).status_code == 200
 
 
 def test_same_answers_as_recommend_cli(served, run_dir, capsys):
@@ -255,23 +258,29 @@ def test_a_disconnecting_client_does_not_break_its_batch(served):
     gate = Gate(hold=False)
     payload = json.dumps({"history": [1, 2]}).encode()
 
-    async def scenario(url, port):
-        with socket.create_connection(("127.0.0.1", port)) as raw:  # sends a request and hangs up at once
+    async def scenario(srv):
+        with socket.create_connection(("127.0.0.1", srv.port)) as raw:  # sends a request and hangs up at once
             raw.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
-        async with httpx.AsyncClient(base_url=url) as client:
-            impatient = client.post("/v1/recommend", json={"history": [3]}, timeout=0.05)
-            others = [client.post("/v1/recommend", json={"history": [h]}) for h in (4, 5, 6)]
-            return await asyncio.gather(impatient, *others, return_exceptions=True)
+        async with httpx.AsyncClient(base_url=srv.url) as client:
+            try:  # gives up while its request waits for the batch to fill
+                impatient = await client.post("/v1/recommend", json={"history": [3]}, timeout=0.3)
+            except httpx.TimeoutException as exc:
+                impatient = exc
+            queued = srv.service.batcher.depth
+            others = await asyncio.gather(*(client.post("/v1/recommend", json={"history": [h]}) for h in (4, 5, 6)))
+            return impatient, queued, others
 
-    with serving(served, gate, max_batch_delay_ms=500, max_batch_size=8) as srv:
-        answers = asyncio.run(scenario(srv.url, srv.port))
+    # the batch starts when it holds 5 users (the delay is far longer): only with both departed clients in it
+    with serving(served, gate, max_batch_delay_ms=30_000, max_batch_size=5) as srv:
+        impatient, queued, others = asyncio.run(scenario(srv))
         wait_until(lambda: sum(gate.sizes) >= 5 and srv.service.batcher.in_flight == 0)
         assert httpx.get(srv.url + "/ready").status_code == 200
-        assert httpx.post(srv.url + "/v1/recommend", json={"history": [1]}).status_code == 200
-    assert isinstance(answers[0], httpx.TimeoutException)
-    assert [a.status_code for a in answers[1:]] == [200, 200, 200]
-    assert max(gate.sizes) == 5  # the two departed clients were decoded in the others' batch
+        again = httpx.post(srv.url + "/v1/recommend/batch", json={"users": [{"history": [h]} for h in range(1, 6)]})
+        assert again.status_code == 200  # five users: a full batch, decoded at once
+    assert isinstance(impatient, httpx.TimeoutException) and queued == 2
+    assert [a.status_code for a in others] == [200, 200, 200]
+    assert gate.sizes[0] == 5  # the two departed clients were decoded in the others' batch
 
 
 def test_shutdown_finishes_in_flight_requests(served):
@@ -307,6 +316,26 @@ def test_bad_data_fails_before_listening(run_dir, tmp_path, capsys):
     assert main(["serve", "--model", str(run_dir), "--data", str(tmp_path / "none"), "--port", "0"]) == 2
     captured = capsys.readouterr()
     assert "not a dataset name" in captured.err and "listening" not in captured.out
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--model", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
+    captured = capsys.readouterr()
+    assert "cannot listen on 127.0.0.1:" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_model_that_fails_to_load_stops_the_server():
+    """Config and data fine (checked() called), then the model fails: the server stops, the error is raised."""
+    from bearrec.errors import BearrecError
+    from bearrec.serve.server import run_server
+
+    def load(checked):
+        checked()
+        time.sleep(0.3)
+        raise BearrecError("cannot load model 'x': no such folder")
+
+    with pytest.raises(BearrecError, match="cannot load model"):
+        run_server(ServeSettings(port=0), load, out=io.StringIO())
 
 
 def test_serve_command_answers_and_stops_on_sigterm(run_dir, served):

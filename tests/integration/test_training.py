@@ -74,7 +74,9 @@ def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys
     assert record["choice"]["epoch"] == record["best"]["epoch"] == choose_epoch(scores)["epoch"]
     assert record["best"]["users"] == 2 and record["best"]["hits"] == round(2 * record["best"]["valid_hr@3"])
     assert record["choice"]["few_valid_hits"]  # 2 users cannot give 50 hits
-    if record["best"]["epoch"] != 4:  # what selection did: the last epoch on the same test users
+    # what selection did: the last epoch on the same test users, decoded only when it was not chosen
+    assert (out / "eval-test-last").exists() == (record["best"]["epoch"] != 4)
+    if record["best"]["epoch"] != 4:
         assert json.loads((out / "eval-test-last" / "metrics.json").read_text())["epoch"] == 4
     assert (out / "model" / "config.json").exists() and (out / "model" / "bearrec_tokenizer").exists()
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in (2, 4, 6, 8)]

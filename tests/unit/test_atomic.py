@@ -40,3 +40,13 @@ def test_result_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "eval").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "eval" / "metrics.json").stat().st_mode) == 0o644
+
+
+def test_an_output_folder_holding_other_files_is_refused(tmp_path):
+    from bearrec.errors import BearrecError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model").mkdir()
+    with pytest.raises(BearrecError, match="holds 'model', which is not an evaluation output"):
+        write_outputs(tmp_path / "run", [], {"item": {}})
+    assert (tmp_path / "run" / "model").is_dir()

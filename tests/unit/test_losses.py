@@ -265,3 +265,32 @@ def test_allowed_select_keeps_whole_positions():
     allowed = Allowed.from_lists([[1, 2], [3], [4, 5, 6]])
     sub = allowed.select(torch.tensor([True, False, True]))
     assert sub.counts.tolist() == [2, 3] and sub.tokens.tolist() == [1, 2, 4, 5, 6]
+
+
+def test_short_sets_auto_is_the_released_loss_for_reference_only():
+    """auto = min_valid for bear/reference (the authors' code), trivial where no released code exists."""
+    from bearrec.config import effective_short_sets
+
+    assert effective_short_sets("bear", "reference", "auto") == "min_valid"
+    assert effective_short_sets("bear", "violators", "auto") == "trivial"
+    assert effective_short_sets("bear", "paper", "auto") == "trivial"
+    assert effective_short_sets("sdpo_bear", "reference", "auto") == "trivial"
+    assert effective_short_sets("bear", "violators", "min_valid") == "min_valid"  # explicit wins
+    logits, targets, allowed = inputs()
+    for form, short in (("reference", "min_valid"), ("violators", "trivial"), ("paper", "trivial")):
+        cfg = LossConfig(name="bear", bear=BearConfig(num_beams=3, lam=1.0, xi=1.0, form=form))
+        got = LOSSES["bear"](logits, targets, allowed, cfg)
+        want = bear_loss(logits, targets, allowed, num_beams=3, lam=1.0, xi=1.0, form=form, short_sets=short)
+        other = bear_loss(logits, targets, allowed, num_beams=3, lam=1.0, xi=1.0, form=form,
+                          short_sets="trivial" if short == "min_valid" else "min_valid")
+        assert float(got) == pytest.approx(float(want), abs=1e-7) and float(got) != pytest.approx(float(other))
+
+
+def test_a_config_without_short_sets_ran_the_old_reading():
+    from bearrec.config import Config, resolved, to_dict
+
+    old = to_dict(Config())
+    del old["loss"]["bear"]["short_sets"], old["train"]["selection_rule"]
+    got = resolved(old)
+    assert got["loss"]["bear"]["short_sets"] == "trivial" and got["train"]["selection_rule"] == "max"
+    assert resolved(to_dict(Config()))["loss"]["bear"]["short_sets"] == "min_valid"  # auto, bear/reference

@@ -51,8 +51,11 @@ def test_two_seeds_give_per_seed_differences_only():
     assert r["low"] is None and r["high"] is None
     assert r["reason"] == "fewer than 3 seeds per method: per-seed differences only"
     assert r["per_seed"] == pytest.approx({0: 1 / 3, 1: 1 / 12})
-    assert r["mean"] == pytest.approx((1 / 3 + 1 / 12) / 2)
-    assert (r["seeds"], r["users"]) == (2, 3)
+    # A has seeds 0-2, B 0-1: unpaired, every seed counts: A (0.5 + 5/12 + 1) / 3 - B (1/6 + 1/3) / 2
+    assert r["mean"] == pytest.approx((0.5 + 5 / 12 + 1) / 3 - 0.25)
+    assert (r["seeds"], r["users"]) == ({"a": 3, "b": 2}, 3)
+    paired = hierarchical_bootstrap({k: v for k, v in A.items() if k < 2}, B)
+    assert paired["mean"] == pytest.approx((1 / 3 + 1 / 12) / 2) and paired["seeds"] == 2
 
 
 def test_three_seeds_give_an_interval_around_the_mean():
@@ -176,3 +179,13 @@ def test_seed_t_interval_by_hand():
     assert got["mean"] == pytest.approx(2.0) and got["high"] == pytest.approx(2 + 2.48414, abs=1e-4)
     assert got["low"] == pytest.approx(2 - 2.48414, abs=1e-4) and got["seeds"] == 3
     assert seed_t_interval([0.5, 0.1])["low"] is None
+
+
+def test_partly_shared_seeds_are_not_thrown_away():
+    """a has seeds 0-4, b seeds 0 and 5-7: pairing on seed 0 alone would drop seven runs."""
+    users = range(20)
+    a = {s: {u: 0.1 * s for u in users} for s in range(5)}  # mean 0.2
+    b = {s: {u: 0.0 for u in users} for s in (0, 5, 6, 7)}  # mean 0
+    got = hierarchical_bootstrap(a, b, samples=300)
+    assert got["mean"] == pytest.approx(0.2) and got["seeds"] == {"a": 5, "b": 4} and "unpaired" in got["method"]
+    assert got["low"] is not None and got["per_seed"] == {0: pytest.approx(0.0)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from bearrec.config import LossConfig
+from bearrec.config import LossConfig, effective_short_sets
 from bearrec.losses.allowed import Allowed, log_beta, log_probs
 from bearrec.losses.base import msl_loss, sft_loss
 from bearrec.losses.beam_sim import beam_sim_parts
@@ -19,10 +19,14 @@ def _mean_ce_parts(logits, targets, allowed, tau):
     return -lp.sum(), torch.tensor(float(len(lp)), device=lp.device)
 
 
+def _short_sets(cfg: LossConfig) -> str:
+    return effective_short_sets(cfg.name, cfg.bear.form, cfg.bear.short_sets)
+
+
 def _bear_parts(logits, targets, allowed, cfg):
     b = cfg.bear
     terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau,
-                       short_sets=b.short_sets)
+                       short_sets=_short_sets(cfg))
     return bear_parts(terms, lam=b.lam, xi=b.xi, form=b.form)
 
 
@@ -48,7 +52,7 @@ def preference_loss_parts(logits, targets, allowed, cfg, rows, reference):
     if cfg.name == "sdpo_bear":
         b = cfg.bear
         terms = bear_terms(logits, targets, allowed, base=b.base, num_beams=b.num_beams, tau=cfg.tau,
-                           short_sets=b.short_sets)
+                           short_sets=_short_sets(cfg))
         bear = dict(lam=b.lam, xi=b.xi, bear_log_p=terms.log_p, bear_log_beta=terms.log_beta)
     return preference_parts(lp, rows, reference, name=cfg.name, beta=cfg.pref.beta, **bear)
 
@@ -76,8 +80,8 @@ def validate(cfg: LossConfig) -> None:
         raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
     if b.lam < 0:
         raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
-    if b.short_sets not in SHORT_SETS:
-        raise ValueError(f"loss.bear.short_sets must be one of {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
+    if b.short_sets not in ("auto", *SHORT_SETS):
+        raise ValueError(f"loss.bear.short_sets must be one of auto, {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
     if cfg.pref.beta <= 0:
         raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
     if cfg.pref.num_negatives < 1:

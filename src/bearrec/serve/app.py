@@ -24,7 +24,7 @@ from bearrec import __version__
 from bearrec.serve.batcher import Batcher, BatcherClosed, QueueFull
 from bearrec.serve.metrics import Metrics
 from bearrec.serve.middleware import AccountingMiddleware, BodyLimitMiddleware
-from bearrec.serve.model import InputError, ServedModel
+from bearrec.serve.model import ApiError, ServedModel
 from bearrec.serve.schemas import BatchRequest, BatchResponse, ErrorResponse, RecommendRequest, RecommendResponse
 from bearrec.serve.settings import ServeSettings
 
@@ -64,11 +64,13 @@ class Service:
         self.error = message
 
     def require(self) -> ServedModel:
-        if self.served is None or self.stopping:
-            reason = ("the model failed to load" if self.error else "the model is loading") if not self.stopping \
-                else "the server is shutting down"
-            raise InputError(None, reason, 503, {"Retry-After": str(self.settings.retry_after_s)})
-        return self.served
+        if self.served is not None and not self.stopping:
+            return self.served
+        if self.stopping:
+            reason = "the server is shutting down"
+        else:
+            reason = f"the model failed to load: {self.error}" if self.error else "the model is loading"
+        raise ApiError(None, reason, 503, {"Retry-After": str(self.settings.retry_after_s)})
 
     async def decode(self, histories: list) -> list:
         try:
@@ -76,7 +78,7 @@ class Service:
         except (QueueFull, BatcherClosed) as exc:
             self.metrics.rejected.inc()
             message = f"the server is busy ({exc}); retry later" if isinstance(exc, QueueFull) else str(exc)
-            raise InputError(None, message, 503, {"Retry-After": str(self.settings.retry_after_s)}) from None
+            raise ApiError(None, message, 503, {"Retry-After": str(self.settings.retry_after_s)}) from None
 
     async def close(self) -> None:
         self.stopping = True
@@ -97,10 +99,17 @@ def _validation_errors(exc: RequestValidationError) -> tuple[int, list[tuple[str
             return 400, [("body", f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")]
         if loc and loc[0] == "body":
             loc = loc[1:]
-        if loc and loc[-1] in UNION_TAGS:
-            loc = loc[:-1]
+        union = bool(loc) and loc[-1] in UNION_TAGS
+        loc = loc[:-1] if union else loc
         field = ".".join(loc) or "body"
-        message = "a JSON object body is required" if field == "body" else err.get("msg", "invalid")
+        if field == "body":
+            message = "a JSON object body is required"
+        elif union:
+            message = "expected an item id (a JSON integer) or an exact catalogue title (a JSON string)"
+        elif err.get("type") == "missing":
+            message = "this field is required"
+        else:
+            message = err.get("msg", "invalid")
         if message not in merged.setdefault(field, []):
             merged[field].append(message)
     return 422, [(field, " or ".join(messages)) for field, messages in list(merged.items())[:20]]
@@ -120,8 +129,8 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.service = service
 
-    @app.exception_handler(InputError)
-    async def input_error(request, exc: InputError):
+    @app.exception_handler(ApiError)
+    async def input_error(request, exc: ApiError):
         return _error(exc.status, [(exc.field, exc.message)], exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -175,7 +184,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
         served = service.require()
         limit = settings.request_users_limit
         if not body.users or len(body.users) > limit:
-            raise InputError("users", f"give between 1 and {limit} users, got {len(body.users)}")
+            raise ApiError("users", f"give between 1 and {limit} users, got {len(body.users)}")
         parsed = []
         for i, user in enumerate(body.users):
             history, exclude = served.resolve(user.history, f"users.{i}.history", settings.max_history)

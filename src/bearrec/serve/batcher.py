@@ -4,7 +4,9 @@
 The worker thread takes the oldest requests as soon as they hold `max_batch_size` users or the
 oldest has waited `max_delay_s`, decodes all their users with one call of `decode` (e.g.
 `Recommender.recommend`) and hands each request its slice through its event loop. The event loop
-never blocks on the model: it only appends to a deque under a lock.
+never blocks on the model: it only appends to a deque under a lock. Requests are never split: one
+with more users than `max_batch_size` (a batch request) is a batch of its own, which `decode` may
+cut further (`Recommender.recommend` decodes `decode.batch_size` users at a time).
 
 Bounded memory: at most `max_queue` users wait; `submit` raises `QueueFull` beyond that (the server
 answers 503 with Retry-After). A request whose caller went away (its task cancelled) before its

@@ -2,8 +2,10 @@
 
 - `AccountingMiddleware` (outermost): every request's endpoint, status and latency into `Metrics`,
   refusals by the inner layers included; unknown paths share one label (bounded cardinality);
-- `BodyLimitMiddleware`: a request body over `max_bytes` is answered 413 without being read whole
-  (Content-Length checked first, then the bytes as they arrive); at most `max_bytes` is buffered.
+- `BodyLimitMiddleware`: a request body over `max_bytes` is answered 413 (Content-Length checked
+  first, then the bytes as they arrive); at most `max_bytes` is buffered. The rest of an oversized
+  body is read and discarded up to `DRAIN_FACTOR * max_bytes`, so that a client still writing it
+  gets its 413 rather than a reset connection; a larger one is cut off.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 
 from bearrec.serve.metrics import Metrics
 
+DRAIN_FACTOR = 16
 KNOWN_PATHS = frozenset({"/health", "/ready", "/info", "/metrics", "/v1/recommend", "/v1/recommend/batch", "/docs",
                          "/redoc", "/openapi.json"})
 
@@ -25,6 +28,17 @@ async def send_error(send, status: int, field: str | None, message: str) -> None
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive, budget: int) -> None:
+    """Read and discard the rest of a request body, at most `budget` bytes."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class AccountingMiddleware:
@@ -64,6 +78,8 @@ class BodyLimitMiddleware:
             except ValueError:
                 return await send_error(send, 400, "content-length", "Content-Length is not an integer")
             if declared > self.max_bytes:
+                if declared <= DRAIN_FACTOR * self.max_bytes:
+                    await _drain(receive, declared)
                 return await send_error(send, 413, "body", too_big)
         chunks, size = [], 0
         while True:
@@ -73,6 +89,8 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive, DRAIN_FACTOR * self.max_bytes - size)
                 return await send_error(send, 413, "body", too_big)
             chunks.append(chunk)
             if not message.get("more_body", False):

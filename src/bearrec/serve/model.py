@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class InputError(Exception):
-    """A request the server refuses: HTTP `status`, the offending `field` (e.g. `history.2`) and why."""
+class ApiError(Exception):
+    """A request the server refuses: HTTP `status`, the offending `field` (e.g. `history.2`, or None
+    for the request as a whole), why, and extra headers (Retry-After on 503)."""
 
     def __init__(self, field: str | None, message: str, status: int = 422, headers: dict | None = None):
         super().__init__(message)
@@ -30,20 +31,20 @@ class ServedModel:
         exact catalogue titles (strings). A title shared by several items stands for all of them: the
         prompt holds the title once (any of its ids gives the same text), and all are excluded."""
         if not history:
-            raise InputError(field, "the history is empty: give at least one item id or title")
+            raise ApiError(field, "the history is empty: give at least one item id or title")
         if len(history) > max_items:
-            raise InputError(field, f"the history has {len(history)} items; at most {max_items} are accepted")
+            raise ApiError(field, f"the history has {len(history)} items; at most {max_items} are accepted")
         ids, seen = [], set()
         for i, entry in enumerate(history):
             if isinstance(entry, str):
                 items = self.catalogue.items_with_title(entry)
                 if not items:
-                    raise InputError(f"{field}.{i}", f"unknown title {entry[:80]!r} (not an exact catalogue title)")
+                    raise ApiError(f"{field}.{i}", f"unknown title {entry[:80]!r} (not an exact catalogue title)")
                 ids.append(items[0])
                 seen.update(items)
             else:
                 if entry not in self.catalogue:
-                    raise InputError(f"{field}.{i}", f"unknown item id {entry} (not in the "
+                    raise ApiError(f"{field}.{i}", f"unknown item id {entry} (not in the "
                                                      f"{self.identity['dataset']} catalogue)")
                 ids.append(entry)
                 seen.add(entry)
@@ -54,7 +55,7 @@ class ServedModel:
         if k is None:
             return self.num_beams
         if not 1 <= k <= self.num_beams:
-            raise InputError(field, f"k must be between 1 and num_beams ({self.num_beams}), got {k}")
+            raise ApiError(field, f"k must be between 1 and num_beams ({self.num_beams}), got {k}")
         return k
 
     @staticmethod
@@ -77,11 +78,15 @@ def served_model(model_arg: str, cfg, dataset, recommender) -> ServedModel:
     """A `ServedModel` from what `bearrec.cli._inference_setup` returns for `--model model_arg`."""
     from dataclasses import asdict
 
+    from bearrec.errors import BearrecError
     from bearrec.rundir import config_hash, read_state
 
     run = Path(model_arg)
     run_dir = str(run.resolve()) if (run / "config.yaml").exists() else None
-    state = read_state(run) if run_dir and (run / "run.json").exists() else None
+    try:
+        state = read_state(run) if run_dir else None
+    except BearrecError:  # an unreadable run.json does not stop the model from being served
+        state = None
     identity = {"model": model_arg, "run_dir": run_dir, "config_hash": config_hash(cfg), "dataset": dataset.name}
     catalogue = dataset.catalogue
     info = {**identity, "run_config_hash": (state or {}).get("config_hash"),

@@ -2,9 +2,9 @@
 works), the model loaded on a thread while `/health` already answers, graceful shutdown.
 
 `run_server(settings, load)` is `bearrec serve`: `load(checked)` builds the `ServedModel` and calls
-`checked()` once the config and data are valid, before the model is loaded; an error up to that
-point is raised before anything listens; a later one (the model) stops the server and is raised
-after. SIGINT / SIGTERM stop accepting connections, finish the in-flight requests, decode what is
+`checked()` once the config and data are valid, before the model is loaded; a busy port or an
+error up to that point is raised before anything is served; a later one (the model) stops the
+server and is raised after. SIGINT / SIGTERM stop accepting connections, finish the in-flight requests, decode what is
 queued, then return 0. `ServerThread` runs an app in a background thread (tests, notebooks).
 """
 
@@ -27,7 +27,7 @@ from bearrec.serve.settings import ServeSettings
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on host:port (port 0: a free one); a one-line error if it cannot be."""
+    """A listening TCP socket on host:port (port 0: a free one); a one-line error if it cannot be."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -36,6 +36,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
         sock.close()
         raise BearrecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -87,16 +88,18 @@ def run_server(settings: ServeSettings, load: Callable[[Callable[[], None]], Ser
         print(f"bearrec serve: model ready in {time.perf_counter() - start:.1f} s ({served.identity['model']}, "
               f"{served.identity['dataset']}, {len(served.catalogue)} items)", file=out, flush=True)
 
+    sock = bind(settings.host, settings.port)  # a busy port fails before anything is loaded
     threading.Thread(target=loader, name="bearrec-load", daemon=True).start()
-    checked.wait()  # config and data checked (or failed): only then listen
+    checked.wait()  # config and data checked (or failed): only then serve
     if "error" in outcome:
+        sock.close()
         raise outcome["error"]
-    sock = bind(settings.host, settings.port)
     server = holder["server"] = _uvicorn(app, settings)
     if "error" in outcome:  # the model failed before the server existed
         sock.close()
         raise outcome["error"]
     host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
     print(f"bearrec serve: listening on http://{host}:{port} (GET /ready turns 200 once the model is loaded)",
           file=out, flush=True)
     server.run(sockets=[sock])
