@@ -76,7 +76,8 @@ def train_step(model, opt, enc, batch, variant):
     import torch
 
     from bearrec.config import BearConfig, LossConfig
-    from bearrec.losses import LOSSES, Allowed
+    from bearrec.losses import Allowed
+    from bearrec.methods import loss as method_loss
 
     t = time.perf_counter()
     if variant == "naive_msl":
@@ -87,7 +88,7 @@ def train_step(model, opt, enc, batch, variant):
                     position_ids=batch["position_ids"], logits_to_keep=batch["logits_to_keep"], use_cache=False)
         logits = out.logits[batch["resp_rows"], batch["resp_cols"]]
         allowed = Allowed.from_trie(enc.trie, batch["nodes"])
-        loss = LOSSES[variant](logits, batch["targets"], allowed, cfg)
+        loss = method_loss(logits, batch["targets"], allowed, cfg)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bearrec import methods
 from bearrec.analysis import plot_pruning
 from bearrec.errors import BearrecError
 from bearrec.report import compare, to_csv, to_markdown
@@ -44,7 +45,7 @@ PREF = ["train.epochs=1", "train.learning_rate=1e-4", "decode.constrained_softma
 OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=1"],
             "dpo": ["loss.name=dpo", *PREF], "sdpo": ["loss.name=sdpo", *PREF],
             "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF]}
-FROM_SFT = ("dpo", "sdpo", "sdpo_bear")
+FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs)  # start from sft
 
 
 def method_overrides(bear_grid: list[tuple[str, str]], optional: bool = False) -> dict[str, list[str]]:

@@ -187,7 +187,10 @@ def effective_short_sets(loss_name: str, form: str, short_sets: str) -> str:
     """`loss.bear.short_sets` as the loss applies it (`auto` resolved)."""
     if short_sets != "auto":
         return short_sets
-    return "min_valid" if loss_name == "bear" and form == "reference" else "trivial"
+    from bearrec.methods import REGISTRY  # each method says what auto means for it
+
+    method = REGISTRY.get(loss_name)
+    return method.short_sets_auto(form) if method else "trivial"
 
 
 def _get(data: dict, dotted: str):

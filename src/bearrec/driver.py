@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bearrec import methods
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, to_dict
 from bearrec.rundir import claim, config_hash, mark
@@ -119,9 +120,7 @@ def _markdown(s: dict, run_dir: Path) -> str:
     loss = s["loss"]
     lines = [f"# Run `{run_dir.name}`", "",
              f"- dataset: `{s['dataset']}`; model: `{s['model']}`; seed {s['seed']}; config hash `{s['config_hash']}`",
-             f"- loss: `{loss['name']}`" + (f" (base {loss['bear']['base']}, B={loss['bear']['num_beams']}, "
-                                           f"lam={loss['bear']['lam']}, xi={loss['bear']['xi']}, "
-                                           f"form {loss['bear']['form']})" if loss["name"] == "bear" else ""), ""]
+             f"- loss: {methods.get(loss['name']).description(loss)}", ""]
     test = s["test"]
     if test:
         keys = list(test["item"])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from bearrec import methods
 from bearrec.config import NOT_MEASURED, flatten, resolved
 from bearrec.errors import BearrecError
 from bearrec.metrics import ndcg
@@ -31,19 +32,11 @@ from bearrec.stats import hierarchical_bootstrap, user_bootstrap
 METRICS = ("NDCG@5", "HR@5", "NDCG@10", "HR@10")
 # never part of a label: the seed, what changes nothing a run measures, the pruning analysis settings
 IGNORED = ("seed", "train.eval_test", *NOT_MEASURED, "analysis.")
-# the loss sections each method reads (the rest of `loss` is ignored when labelling its runs)
-LOSS_SECTIONS = {"sft": (), "msl": ("tau",), "bear": ("tau", "bear"), "beam_sim": ("tau", "bear"),
-                 "dpo": ("pref",), "sdpo": ("pref",), "sdpo_bear": ("tau", "bear", "pref")}
 
 
 def method_label(cfg: dict) -> str:
-    loss = cfg["loss"]
-    if loss["name"] != "bear":
-        return loss["name"]
-    b = loss["bear"]
-    form = "" if b["form"] == "reference" else f"-{b['form']}"
-    base = "" if b["base"] == "msl" else f"({b['base']})"
-    return f"bear{form}{base}"
+    """A run's row label before settings are added: the method's own (`bear-violators`, ...)."""
+    return methods.get(cfg["loss"]["name"]).row_label(cfg["loss"])
 
 
 def run_settings(cfg: dict) -> dict[str, str]:
@@ -52,7 +45,7 @@ def run_settings(cfg: dict) -> dict[str, str]:
     A string naming the run's own seed (`.../seed=3/model`) is written with `seed=*`."""
     cfg = resolved(cfg)  # an older run's missing keys mean what it ran with, not today's defaults
     name = cfg["loss"]["name"]
-    used = LOSS_SECTIONS.get(name, ("tau", "bear", "pref"))
+    used = methods.get(name).sections
     seed = f"seed={cfg['seed']}"
     out = {}
     for key, value in flatten(cfg).items():

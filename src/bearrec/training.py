@@ -28,8 +28,8 @@ from bearrec.config import Config, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
-from bearrec.losses import (LOSS_PARTS, PREFERENCE_LOSSES, Allowed, beam_sim_loss_parts, condition_metrics,
-                            preference_loss_parts, validate)
+from bearrec import methods
+from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
@@ -96,25 +96,23 @@ class BatchLoss:
 
 
 def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None) -> BatchLoss:
-    """The configured loss of one collated batch (consumes `inputs`). beam_sim first decodes the
-    batch's prompts with `decoder_model` (the unwrapped model; default `model`) for its thresholds."""
+    """The configured method's loss of one collated batch (consumes `inputs`). A method that needs
+    decoder thresholds (beam_sim) first decodes the batch's prompts with `decoder_model` (the
+    unwrapped model; default `model`)."""
+    method = methods.get(loss_cfg.name)
     rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
     targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
     reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
     thresholds = None
-    if loss_cfg.name == "beam_sim":
+    if "thresholds" in method.needs:
         thresholds = beam_thresholds(decoder_model or model, trie, prompts, loss_cfg.bear, pad_token_id)
     outputs = model(**inputs, use_cache=False)
     logits = outputs.logits[rows, cols]
     allowed = Allowed.from_trie(trie, nodes.cpu()).to(logits.device)
-    if reference is not None:
-        num, den = preference_loss_parts(logits, targets, allowed, loss_cfg, rows, reference)
-    elif thresholds is not None:
-        lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
-        num, den = beam_sim_loss_parts(logits, targets, allowed, loss_cfg, lengths,
-                                       align_thresholds(thresholds, lengths).to(logits.device))
-    else:
-        num, den = LOSS_PARTS[loss_cfg.name](logits, targets, allowed, loss_cfg)
+    lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
+    if thresholds is not None:
+        thresholds = align_thresholds(thresholds, lengths).to(logits.device)
+    num, den = method.parts(methods.Batch(logits, targets, allowed, loss_cfg, rows, lengths, thresholds, reference))
     return BatchLoss(num, den, outputs, logits, targets, allowed, rows % group == 0)
 
 
@@ -246,7 +244,7 @@ def attention_backends():
 
 def check_config(cfg: Config) -> None:
     """Everything that can be checked before data and model are loaded."""
-    validate(cfg.loss)
+    methods.validate(cfg.loss)
     t = cfg.train
     for key in ("epochs", "batch_size", "grad_accum", "selection_k", "logging_steps"):
         if getattr(t, key) < 1:
@@ -314,7 +312,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
     collator = Collator(encoder.tokenizer.pad_token_id)
-    if cfg.loss.name in PREFERENCE_LOSSES:
+    if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
@@ -380,11 +378,11 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
 
 
 def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator):
-    """dpo / sdpo / sdpo_bear: negatives per example and the starting model's reference log-probs."""
+    """Preference methods: negatives per example and the starting model's reference log-probs."""
     from bearrec.preference import PreferenceCollator, PreferenceSet, reference_log_probs, sample_negatives
 
     pref = cfg.loss.pref
-    n = 1 if cfg.loss.name == "dpo" else pref.num_negatives
+    n = methods.get(cfg.loss.name).num_negatives(cfg.loss)
     negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
     data = PreferenceSet(train_set, encoder, negatives)
     collator = PreferenceCollator(collator)

@@ -100,7 +100,7 @@ def test_data_config_alone():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from bearrec.losses import validate
+    from bearrec.methods import validate
 
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert configs

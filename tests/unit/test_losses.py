@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bearrec.config import BearConfig, LossConfig, PreferenceConfig
-from bearrec.losses import LOSSES, Allowed, bear_loss, bear_terms, condition_metrics, msl_loss, sft_loss, validate
+from bearrec.losses import Allowed, bear_loss, bear_terms, condition_metrics, msl_loss, sft_loss
+from bearrec.methods import loss, validate
 
 
 def lse(*xs):
@@ -152,8 +153,8 @@ def test_extreme_logits_and_single_token_sets_stay_finite(form):
 @pytest.mark.parametrize("name", ["sft", "msl", "bear"])
 def test_bf16_inputs_match_fp32(name):
     cfg = LossConfig(name=name, bear=BearConfig(num_beams=2))
-    l32 = LOSSES[name](*inputs(torch.float32), cfg)
-    l16 = LOSSES[name](*inputs(torch.bfloat16), cfg)
+    l32 = loss(*inputs(torch.float32), cfg)
+    l16 = loss(*inputs(torch.bfloat16), cfg)
     assert l16.dtype == torch.float32 and float(l16) == pytest.approx(float(l32), abs=1e-2)
 
 
@@ -239,7 +240,7 @@ def test_preference_parts_sum_tokens_per_sequence_and_average_examples():
     token_lp = torch.tensor([-0.5, -0.5, -2.0, -0.1, -0.3, -0.2], requires_grad=True)
     rows = torch.tensor([0, 0, 1, 2, 3, 3])
     ref = torch.tensor([[-1.2, -1.5], [-0.4, -0.4]])
-    num, den = preference_parts(token_lp, rows, ref, name="dpo", beta=1.0)
+    num, den = preference_parts(token_lp, rows, ref, beta=1.0)
     want = sdpo_per_example(torch.tensor([[-1.0, -2.0], [-0.1, -0.5]]), ref, 1.0)
     assert float(den) == 2 and float(num / den) == pytest.approx(float(want.mean()))
     (num / den).backward()
@@ -279,7 +280,7 @@ def test_short_sets_auto_is_the_released_loss_for_reference_only():
     logits, targets, allowed = inputs()
     for form, short in (("reference", "min_valid"), ("violators", "trivial"), ("paper", "trivial")):
         cfg = LossConfig(name="bear", bear=BearConfig(num_beams=3, lam=1.0, xi=1.0, form=form))
-        got = LOSSES["bear"](logits, targets, allowed, cfg)
+        got = loss(logits, targets, allowed, cfg)
         want = bear_loss(logits, targets, allowed, num_beams=3, lam=1.0, xi=1.0, form=form, short_sets=short)
         other = bear_loss(logits, targets, allowed, num_beams=3, lam=1.0, xi=1.0, form=form,
                           short_sets="trivial" if short == "min_valid" else "min_valid")

@@ -12,7 +12,7 @@ log pi_ref(y|x) the same under the starting model (computed once, cached), r_j =
   - mean over the negatives' tokens of log sigmoid(Delta_t / xi)), Delta_t = log beta_t - log p_t
   under `bear.base`'s softmax (BEAR's Eq. 3.5 term): the positive is kept inside the top-B at every
   step and the negatives are pushed out (the paper's Fig. 7). Tokens where fewer than B are valid
-  contribute 0.
+  contribute 0 unless `loss.bear.short_sets: min_valid` is set.
 
 Every loss is a mean over examples: `(numerator, denominator)` = (sum over examples, number of examples).
 """
@@ -23,9 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from bearrec.losses.bear import masked_log_sigmoid
-
-PREFERENCE_LOSSES = ("dpo", "sdpo", "sdpo_bear")
-
 
 def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
     """Per-row sums of token values (`rows`: each token's row, e.g. its sequence); `num_rows` rows."""
@@ -55,17 +52,16 @@ def bear_keep_prune(log_p: torch.Tensor, log_beta: torch.Tensor, rows: torch.Ten
     return out[0] - out[1]
 
 
-def preference_parts(token_log_p: torch.Tensor, rows: torch.Tensor, reference: torch.Tensor, *, name: str,
-                     beta: float, lam: float = 0.0, xi: float = 1.0, bear_log_p: torch.Tensor | None = None,
+def preference_parts(token_log_p: torch.Tensor, rows: torch.Tensor, reference: torch.Tensor, *, beta: float,
+                     lam: float = 0.0, xi: float = 1.0, bear_log_p: torch.Tensor | None = None,
                      bear_log_beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_log_p` (T,) vocabulary log-probs of every response token of the E x G sequences,
-    `rows` (T,) their sequence index (example-major, positive first), `reference` (E, G). For
-    sdpo_bear also the BEAR log p_t / log beta_t of the same tokens under `bear.base`."""
-    if name not in PREFERENCE_LOSSES:
-        raise ValueError(f"preference loss must be one of {PREFERENCE_LOSSES}, got {name!r}")
+    `rows` (T,) their sequence index (example-major, positive first), `reference` (E, G): S-DPO (DPO
+    when G = 2). With `bear_log_p` / `bear_log_beta` (BEAR's log p_t / log beta_t of the same tokens
+    under `bear.base`) the keep/prune term is added with weight `lam` (sdpo_bear)."""
     num_examples, group = reference.shape
     policy = sum_by_row(token_log_p, rows, num_examples * group).view(num_examples, group)
     loss = sdpo_per_example(policy, reference, beta)
-    if name == "sdpo_bear":
+    if bear_log_p is not None:
         loss = loss + lam * bear_keep_prune(bear_log_p, bear_log_beta, rows, group, num_examples, xi)
     return loss.sum(), torch.tensor(float(num_examples), device=loss.device)

@@ -1,0 +1,119 @@
+"""The fine-tuning methods, one module each, found here by name.
+
+A method module defines `METHODS`, a tuple of `Method`s: its name, how it computes the (numerator,
+denominator) of its loss from a `Batch`, which extra batch inputs it needs (`needs`: "thresholds" from
+a no-gradient decode of the batch, "preference" groups with cached reference log-probs), which
+`loss.*` config sections it reads, its own setting checks, and how a run of it is labelled and
+described. Training, the driver, reports, sweeps and the CLI ask this registry; nothing else branches
+on a method's name. Adding a method: a module here (with `METHODS`), its tests, its README entry.
+The loss arithmetic itself stays in `bearrec.losses` (pure functions of tensors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+NEEDS = ("thresholds", "preference")
+
+
+@dataclass
+class Batch:
+    """What a method's loss sees of one collated batch."""
+
+    logits: torch.Tensor  # (response tokens, vocabulary)
+    targets: torch.Tensor  # (response tokens,)
+    allowed: object  # bearrec.losses.Allowed: the trie-valid next tokens of each response position
+    cfg: object  # LossConfig
+    rows: torch.Tensor  # each response token's sequence in the batch
+    lengths: list[int] = field(default_factory=list)  # response tokens per sequence
+    thresholds: torch.Tensor | None = None  # needs "thresholds": the B-th beam's prefix log-prob per token
+    reference: torch.Tensor | None = None  # needs "preference": (examples, 1 + negatives) reference log-probs
+
+
+def _no_check(cfg) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    parts: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # (numerator, detached denominator)
+    summary: str  # one line for `--help` and error messages
+    sections: tuple[str, ...] = ()  # the `loss.*` settings it reads: "tau", "bear", "pref"
+    needs: tuple[str, ...] = ()  # extra batch inputs (NEEDS)
+    check: Callable[[object], None] = _no_check  # raises ValueError naming the setting
+    label: Callable[[dict], str] | None = None  # the `loss` section of a config dict -> row label; default: name
+    describe: Callable[[dict], str] | None = None  # the same -> report.md's loss line; default: name
+    num_negatives: Callable[[object], int] | None = None  # preference methods: negatives per example
+    short_sets_auto: Callable[[str], str] = lambda form: "trivial"  # `loss.bear.short_sets: auto` by form
+
+    def row_label(self, loss: dict) -> str:
+        return self.label(loss) if self.label else self.name
+
+    def description(self, loss: dict) -> str:
+        return self.describe(loss) if self.describe else f"`{self.name}`"
+
+
+def _discover() -> dict[str, Method]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for method in getattr(module, "METHODS", ()):
+            if method.name in found:
+                raise RuntimeError(f"method {method.name!r} is defined twice ({module.__name__})")
+            unknown = [n for n in method.needs if n not in NEEDS]
+            if unknown:
+                raise RuntimeError(f"method {method.name!r}: unknown need {unknown[0]!r}")
+            found[method.name] = method
+    return found
+
+
+REGISTRY: dict[str, Method] = _discover()
+NAMES = tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ValueError(f"loss.name {name!r} unknown; choose one of {', '.join(NAMES)}")
+    return REGISTRY[name]
+
+
+def validate(cfg) -> None:
+    """Every `loss` setting, before any data or model is loaded (ValueError naming the setting)."""
+    from bearrec.losses.bear import SHORT_SETS
+
+    method = get(cfg.name)
+    if cfg.tau <= 0:
+        raise ValueError(f"loss.tau must be > 0, got {cfg.tau}")
+    b = cfg.bear
+    if b.num_beams < 1:
+        raise ValueError(f"loss.bear.num_beams (B) must be >= 1, got {b.num_beams}")
+    if b.xi <= 0:
+        raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
+    if b.lam < 0:
+        raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
+    if b.short_sets not in ("auto", *SHORT_SETS):
+        raise ValueError(f"loss.bear.short_sets must be one of auto, {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
+    if cfg.pref.beta <= 0:
+        raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
+    if cfg.pref.num_negatives < 1:
+        raise ValueError(f"loss.pref.num_negatives must be >= 1, got {cfg.pref.num_negatives}")
+    method.check(cfg)
+
+
+def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return num / den if float(den) > 0 else num * 0.0  # every token forced: nothing to learn
+
+
+def loss(logits, targets, allowed, cfg) -> torch.Tensor:
+    """The loss of `cfg.name` on one batch of single sequences (methods that need no extra inputs)."""
+    method = get(cfg.name)
+    if method.needs:
+        raise ValueError(f"{cfg.name} needs {', '.join(method.needs)}: build a Batch with them")
+    rows = torch.zeros(len(targets), dtype=torch.long, device=targets.device)
+    return ratio(*method.parts(Batch(logits, targets, allowed, cfg, rows, [len(targets)])))
