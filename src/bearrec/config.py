@@ -238,8 +238,17 @@ def resolved(data: dict) -> dict:
 
 
 def identity(data: dict) -> dict:
-    """`resolved(data)` without the NOT_MEASURED keys: what makes two runs the same experiment."""
+    """`resolved(data)` without the NOT_MEASURED keys and the `loss` sections its method does not
+    read (`bearrec.methods`): what makes two runs the same experiment."""
+    from bearrec.methods import REGISTRY
+
     out = resolved(data)
+    loss = out.get("loss") or {}
+    method = REGISTRY.get(loss.get("name"))
+    if method is not None:
+        for section in ("tau", "bear", "pref"):
+            if section not in method.sections:
+                loss.pop(section, None)
     for key in NOT_MEASURED:
         *path, last = key.split(".")
         node = _get(out, ".".join(path)) if path else out

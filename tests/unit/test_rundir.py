@@ -71,3 +71,12 @@ def test_a_checkpoint_is_complete_once_trainer_state_is_written_whatever_the_wei
             path.mkdir() if text is None else path.write_text(text)
     assert last_complete_checkpoint(tmp_path).name == "checkpoint-2"  # FSDP shards, no safetensors: complete
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2"]  # only the newer, cut-off ones go
+
+
+def test_settings_a_method_does_not_read_are_not_part_of_its_identity():
+    a, b = Config(), Config()
+    a.loss.name = b.loss.name = "msl"
+    b.loss.bear.lam, b.loss.bear.short_sets, b.loss.pref.beta = 9.0, "trivial", 3.0
+    assert config_hash(a) == config_hash(b)
+    b.loss.tau = 2.0  # msl reads tau
+    assert config_hash(a) != config_hash(b)
