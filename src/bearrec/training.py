@@ -30,6 +30,7 @@ from bearrec.errors import BearrecError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
 from bearrec import methods
 from bearrec.losses import Allowed, condition_metrics
+from bearrec.losses.base import ratio
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
@@ -144,7 +145,7 @@ class BearTrainer(Trainer):
         world = self.accelerator.num_processes
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
             den = self.accelerator.reduce(den.detach(), reduction="sum") / world
-        loss = num / den if float(den) > 0 else num * 0.0
+        loss = ratio(num, den)
         if not bool(torch.isfinite(loss.detach())):  # every step, not only the logged ones
             raise TrainingDiverged(_diverged(self.state, "loss", float(loss.detach()), self.args.output_dir))
         if self.state.global_step % max(self.args.logging_steps, 1) == 0:

@@ -7,6 +7,12 @@ import torch
 from bearrec.losses.allowed import Allowed, log_probs
 
 
+def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """A loss from its (numerator, denominator) parts; 0 (with a graph) when nothing is counted,
+    e.g. every token forced."""
+    return num / den if float(den) > 0 else num * 0.0
+
+
 def sft_loss(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed | None = None) -> torch.Tensor:
     """Mean token cross-entropy over the whole vocabulary. `allowed` is ignored."""
     lp, _ = log_probs(logits, targets, None)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bearrec.losses.allowed import Allowed, log_beta, log_probs
+from bearrec.losses.base import ratio
 
 FORMS = ("reference", "paper", "violators")
 SHORT_SETS = ("min_valid", "trivial")
@@ -96,7 +97,7 @@ def bear_loss(logits, targets, allowed: Allowed | None, *, base: str = "msl", nu
 
 def bear_from_terms(terms: BearTerms, *, lam: float, xi: float, form: str) -> torch.Tensor:
     num, den = bear_parts(terms, lam=lam, xi=xi, form=form)
-    return num / den if float(den) > 0 else num * 0.0  # every token forced: nothing to learn
+    return ratio(num, den)
 
 
 def bear_parts(terms: BearTerms, *, lam: float, xi: float, form: str) -> tuple[torch.Tensor, torch.Tensor]:

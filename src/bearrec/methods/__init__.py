@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from bearrec.losses.base import ratio
+
 NEEDS = ("thresholds", "preference")
 
 
@@ -104,10 +106,6 @@ def validate(cfg) -> None:
     if cfg.pref.num_negatives < 1:
         raise ValueError(f"loss.pref.num_negatives must be >= 1, got {cfg.pref.num_negatives}")
     method.check(cfg)
-
-
-def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return num / den if float(den) > 0 else num * 0.0  # every token forced: nothing to learn
 
 
 def loss(logits, targets, allowed, cfg) -> torch.Tensor:
