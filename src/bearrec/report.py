@@ -24,14 +24,14 @@ from pathlib import Path
 import yaml
 
 from bearrec import methods
-from bearrec.config import NOT_MEASURED, flatten, resolved
+from bearrec.config import flatten, identity
 from bearrec.errors import BearrecError
 from bearrec.metrics import ndcg
 from bearrec.stats import hierarchical_bootstrap, user_bootstrap
 
 METRICS = ("NDCG@5", "HR@5", "NDCG@10", "HR@10")
-# never part of a label: the seed, what changes nothing a run measures, the pruning analysis settings
-IGNORED = ("seed", "train.eval_test", *NOT_MEASURED, "analysis.")
+# never part of a label (beyond what `identity` leaves out): the seed, the pruning analysis settings
+IGNORED = ("seed", "train.eval_test", "analysis.")
 
 
 def method_label(cfg: dict) -> str:
@@ -43,15 +43,13 @@ def run_settings(cfg: dict) -> dict[str, str]:
     """The settings that define what a run measures, flattened (`loss.bear.lam` -> '1.0'): all of
     the config except the seed, paths and logging, and the loss sections its method does not read.
     A string naming the run's own seed (`.../seed=3/model`) is written with `seed=*`."""
-    cfg = resolved(cfg)  # an older run's missing keys mean what it ran with, not today's defaults
-    name = cfg["loss"]["name"]
-    used = methods.get(name).sections
+    methods.get(cfg["loss"]["name"])  # an unknown method is an error naming the known ones
     seed = f"seed={cfg['seed']}"
     out = {}
-    for key, value in flatten(cfg).items():
+    # identity: an older run's missing keys mean what it ran with; unread loss sections and
+    # settings that measure nothing are left out (the same definition as the run directory's hash)
+    for key, value in flatten(identity(cfg)).items():
         if key in IGNORED or any(key.startswith(p) for p in IGNORED if p.endswith(".")):
-            continue
-        if key.startswith("loss.") and key != "loss.name" and not key.split(".")[1] in used:
             continue
         out[key] = value.replace(seed, "seed=*") if isinstance(value, str) else json.dumps(value)
     return out
