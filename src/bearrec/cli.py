@@ -272,6 +272,11 @@ def cmd_run(args) -> int:
         from bearrec.evaluation import format_table
 
         print(format_table(json.loads(test.read_text())))
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    if summary.get("references"):
+        from bearrec.references import markdown, sentence
+
+        print("\n".join(["", *markdown(summary["references"]), "", sentence(summary["references"], summary["loss"]["name"])]))
     print(f"report: {run_dir / 'report.md'}")
     return 0
 

@@ -161,6 +161,9 @@ class TrainConfig:
 class AnalysisConfig:
     pruning_users: Optional[int] = 200  # seeded test users for `bearrec run`'s pruning analysis; 0: skip
     ks: list[int] = field(default_factory=lambda: [5, 10])  # PR@K cut-offs
+    # read the model against these on its test users (bearrec.references): popularity costs nothing,
+    # zero_shot one more test decode
+    references: list[Literal["popularity", "zero_shot"]] = field(default_factory=lambda: ["popularity"])
 
 
 @dataclass
@@ -180,7 +183,7 @@ class Config:
 LEGACY = {"loss.bear.short_sets": "trivial", "train.selection_rule": "max"}
 # Keys that change nothing a run measures (paths, logging, warnings): not part of its identity.
 NOT_MEASURED = ("output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
-                "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long")
+                "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long", "analysis.references")
 
 
 def effective_short_sets(loss_name: str, form: str, short_sets: str) -> str:

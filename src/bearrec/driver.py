@@ -1,7 +1,9 @@
 """`bearrec run`: one experiment end to end, resumable.
 
 Steps: train (epoch selection on validation, test decoded with the chosen checkpoint), pruning
-analysis on a seeded test subset, then `report.md`, `metrics.json` and plots in the run directory.
+analysis on a seeded test subset, the reference points (`bearrec.references`: popularity, the
+untrained model) on the same test users, then `report.md`, `metrics.json` and plots in the run
+directory.
 `run.json` records the config hash and the finished steps: re-running a finished step is skipped,
 a crashed run resumes from its last checkpoint, and a run directory holding another config is an
 error rather than a silent mix.
@@ -30,6 +32,10 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
         if cfg.analysis.pruning_users != 0 and "pruning" not in state["done"]:
             _pruning(cfg, run_dir, progress)
             mark(run_dir, "pruning")
+        if cfg.analysis.references:
+            from bearrec.references import run_references
+
+            run_references(cfg, run_dir, progress)
         write_report(cfg, run_dir)
     return run_dir
 
@@ -76,9 +82,13 @@ def write_report(cfg: Config, run_dir: Path) -> dict:
     if last is None and test and selection and selection.get("best") and selection["best"]["epoch"] == max(
             e["epoch"] for e in selection["epochs"]):
         last = {**test, "epoch": selection["best"]["epoch"]}  # the chosen epoch was the last one
+    from bearrec.references import summarize
+
     summary = {"config_hash": config_hash(cfg), "dataset": cfg.data.name, "model": cfg.model.name_or_path,
                "loss": to_dict(cfg.loss), "seed": cfg.seed, "test": test, "test_last_epoch": last,
-               "selection": selection, "training": timing, "pruning": pruning}
+               "selection": selection, "training": timing, "pruning": pruning,
+               "references": summarize(run_dir, k=max((k for k in cfg.decode.ks if k <= cfg.decode.num_beams),
+                                                      default=cfg.decode.num_beams))}
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if selection and selection["epochs"]:
         _plot_curve(selection, run_dir / "valid_curve.png")
@@ -121,6 +131,12 @@ def _markdown(s: dict, run_dir: Path) -> str:
     lines = [f"# Run `{run_dir.name}`", "",
              f"- dataset: `{s['dataset']}`; model: `{s['model']}`; seed {s['seed']}; config hash `{s['config_hash']}`",
              f"- loss: {methods.get(loss['name']).description(loss)}", ""]
+    refs = s.get("references")
+    if refs:
+        from bearrec.references import markdown, sentence
+
+        lines += [sentence(refs, loss["name"]), "", "## Beside reference points (the same test users)", "",
+                  *markdown(refs), ""]
     test = s["test"]
     if test:
         keys = list(test["item"])

@@ -87,7 +87,7 @@ def seeded_subset(n: int, limit: int | None, seed: int = SUBSET_SEED) -> list[in
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
-def _prediction(example: Example, index: int, rec: Recommendation, catalogue) -> dict:
+def prediction_record(example: Example, index: int, rec: Recommendation, catalogue) -> dict:
     target_title = catalogue.title(example.target)
     return {"index": index, "user_id": example.user_id, "history": list(example.history), "target": example.target,
             "target_title": target_title, "rank": item_rank(rec.items, example.target),
@@ -104,7 +104,7 @@ def evaluate(recommender: Recommender, examples: list[Example], indices: list[in
     state = distributed_state()
     with state.split_between_processes(indices) as mine:
         recs = recommender.recommend([examples[i].history for i in mine], progress=progress and state.is_main_process)
-        preds = [_prediction(examples[i], i, r, recommender.encoder.catalogue) for i, r in zip(mine, recs)]
+        preds = [prediction_record(examples[i], i, r, recommender.encoder.catalogue) for i, r in zip(mine, recs)]
     if state.num_processes > 1:
         preds = gather_object(preds)
     preds = sorted(preds, key=lambda p: p["index"])

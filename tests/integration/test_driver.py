@@ -32,6 +32,9 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     assert last["epoch"] == 2 and (out / "eval-test-last").exists() != chose_last
     assert (last["item"] == metrics["test"]["item"]) or not chose_last
     assert (out / "valid_curve.png").exists() and (out / "pruning-test" / "pruning.png").exists()
+    # the default reference: popularity on the same 2 test users, in the report and the printed table
+    assert metrics["references"]["rows"]["popularity"]["users"] == 2 and "## Beside reference points" in report
+    assert "most popular training targets" in printed and not (out / "ref-zero_shot").exists()
 
     import bearrec.training as training
 
@@ -43,6 +46,23 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     assert main([*argv, "loss.bear.lam=0.9"]) == 2
     assert "holds a run of another config" in capsys.readouterr().err
+
+
+def test_zero_shot_reference_is_the_model_before_its_first_step(tmp_path):
+    """With a learning rate too small to move a float32 weight, training leaves the initial weights
+    as they were: the trained model's test predictions must then equal the zero-shot reference's
+    exactly (same initialisation from the run's seed, same decoding, same users)."""
+    from bearrec.driver import run
+
+    cfg = _tiny_cfg(tmp_path, "train.learning_rate=1e-30", "train.epochs=1", "model.tiny.num_layers=2",
+                    "analysis.references=[popularity,zero_shot]")
+    out = run(cfg, progress=False)
+    read = lambda d: [json.loads(line) for line in (out / d / "predictions.jsonl").read_text().splitlines()]
+    trained, zero = read("eval-test"), read("ref-zero_shot")
+    assert [p["index"] for p in zero] == [p["index"] for p in trained] == [0, 1]
+    assert [(p["titles"], p["scores"]) for p in zero] == [(p["titles"], p["scores"]) for p in trained]
+    rows = json.loads((out / "metrics.json").read_text())["references"]["rows"]
+    assert rows["zero_shot"]["model_minus"]["mean"] == 0.0 and set(rows) == {"model", "popularity", "zero_shot"}
 
 
 def _tiny_cfg(tmp_path, *extra):
