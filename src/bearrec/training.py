@@ -307,24 +307,38 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         return result
 
 
+def prepare_for_training(model, cfg: Config) -> None:
+    """Exact memory and speed changes for training (none yet)."""
+    return None
+
+
+def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingArguments:
+    """Trainer's arguments for a config (`benchmarks/train_memory.py` uses the same)."""
+    t = cfg.train
+    return TrainingArguments(**{
+        **dict(output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
+               gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, learning_rate=t.learning_rate,
+               warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+               bf16=t.bf16, logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none",
+               seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
+               use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
+               logging_nan_inf_filter=False),
+        **overrides})
+
+
 def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
     collator = Collator(encoder.tokenizer.pad_token_id)
+    prepare_for_training(model, cfg)
     if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16,
-        logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none", seed=cfg.seed,
-        data_seed=cfg.seed, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=False, logging_nan_inf_filter=False)
+    args = training_arguments(cfg, run_dir / "checkpoints")
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
