@@ -307,9 +307,18 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         return result
 
 
-def prepare_for_training(model, cfg: Config) -> None:
-    """Exact memory and speed changes for training (none yet)."""
-    return None
+def prepare_for_training(model, cfg: Config, changes: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Exact memory and speed changes for training (`bearrec.frozen`): LoRA dropout keeps a bool
+    mask for backward, SwiGLU MLPs recompute silu in backward, and when training and decoding both
+    run under bf16 autocast the frozen linear weights are stored in bf16. Values and gradients stay
+    bit-identical. `changes` picks some (benchmarks/train_memory.py); returns how many layers each
+    changed."""
+    from bearrec.frozen import bf16_frozen_linears, compact_lora_dropout, recompute_swiglu
+
+    available = {"lora_dropout": compact_lora_dropout, "swiglu": recompute_swiglu}
+    if cfg.train.bf16 and cfg.decode.autocast == "bfloat16":
+        available["bf16_linears"] = bf16_frozen_linears
+    return {name: fn(model) for name, fn in available.items() if changes is None or name in changes}
 
 
 def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingArguments:
@@ -332,9 +341,9 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
     collator = Collator(encoder.tokenizer.pad_token_id)
-    prepare_for_training(model, cfg)
     if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
+    prepare_for_training(model, cfg)  # after the reference log-probs: those stay as they were computed
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
