@@ -35,21 +35,30 @@ import time
 MiB = 2 ** 20
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _rss() -> dict[str, int]:
+    """Resident memory now: total, anonymous (the heap, tensors) and file-backed (mapped files: the
+    libraries and a checkpoint read through a memory map, whose clean pages processes share)."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "RssAnon", "RssFile")))
+    kb = {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+    return {"rss": kb["VmRSS"], "anon": kb["RssAnon"], "file": kb["RssFile"]}
 
 
 class _Sampler:
-    """Peak RSS in a window, sampled every 5 ms (ru_maxrss covers the whole process)."""
+    """Peak resident memory in a window (each field's own peak), sampled every 5 ms; ru_maxrss
+    covers the whole process."""
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak, self._stop = {"rss": 0, "anon": 0, "file": 0}, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        for k, v in _rss().items():
+            self.peak[k] = max(self.peak[k], v)
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
+            self._sample()
             time.sleep(0.005)
 
     def __enter__(self):
@@ -59,7 +68,7 @@ class _Sampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self._sample()
 
 
 def worker(variant: str, opts: dict, queue) -> None:
@@ -87,7 +96,8 @@ def worker(variant: str, opts: dict, queue) -> None:
     if variant == "ours":
         items = TrainingSet(encoded, encoder)
         collator = Collator(tok.pad_token_id)
-        prepare_for_training(model, cfg)
+        changes = None if opts["changes"] == "all" else tuple(c for c in opts["changes"].split(",") if c != "none")
+        prepare_for_training(model, cfg, changes)
     else:
         items = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
                  for e in encoded]
@@ -147,30 +157,40 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=2, help="processes per variant, order alternating")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--changes", default="all",
+                    help="ours: which of prepare_for_training's changes (all, none, or e.g. lora_dropout,bf16_linears)")
+    ap.add_argument("--variants", default="ours,plain", help="run only some (no ratios without both)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value, for both variants")
     opts = vars(ap.parse_args())
 
-    runs = {"ours": [], "plain": []}
+    chosen = opts["variants"].split(",")
+    runs = {v: [] for v in ("ours", "plain") if v in chosen}
     for rep in range(opts["reps"]):
-        for variant in (("ours", "plain") if rep % 2 == 0 else ("plain", "ours")):
+        for variant in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
             r = run_one(variant, opts)
             runs[variant].append(r)
-            print(f"rep {rep} {variant:>5}: RSS after load {r['loaded'] / MiB:,.0f} MiB, peak {r['maxrss'] / MiB:,.0f} "
-                  f"MiB (during training {r['peak_train'] / MiB:,.0f}), step {r['step_s']:.2f} s "
+            w, l0 = r["peak_train"], r["loaded"]
+            print(f"rep {rep} {variant:>5}: peak RSS {r['maxrss'] / MiB:,.0f} MiB; before training {l0['rss'] / MiB:,.0f} "
+                  f"(anon {l0['anon'] / MiB:,.0f}, file {l0['file'] / MiB:,.0f}), peak while training {w['rss'] / MiB:,.0f} "
+                  f"(anon {w['anon'] / MiB:,.0f}, file {w['file'] / MiB:,.0f}); step {r['step_s']:.2f} s "
                   f"({', '.join(f'{t:.2f}' for t in r['times'])}), {r['tokens'] / r['step_s']:.0f} tokens/s, "
                   f"loss {r['loss']:.4f}", flush=True)
-    r0 = runs["ours"][0]
+    r0 = next(iter(runs.values()))[0]
     print(f"batch {opts['batch_size']} rows, {r0['tokens']} tokens ({r0['width']} wide, {r0['targets']} response "
-          f"tokens), our loss {opts['loss']}, {r0['threads']} thread(s), {opts['warmup']} warm-up + {opts['steps']} "
-          f"timed steps per process, {opts['reps']} processes per variant")
+          f"tokens), our loss {opts['loss']} with changes {opts['changes']}, {r0['threads']} thread(s), "
+          f"{opts['warmup']} warm-up + {opts['steps']} timed steps per process, {opts['reps']} processes per variant")
     peak = {v: statistics.median(r["maxrss"] for r in rs) for v, rs in runs.items()}
-    loaded = {v: statistics.median(r["loaded"] for r in rs) for v, rs in runs.items()}
+    loaded = {v: statistics.median(r["loaded"]["rss"] for r in rs) for v, rs in runs.items()}
+    anon = {v: statistics.median(r["peak_train"]["anon"] for r in rs) for v, rs in runs.items()}
     tps = {v: statistics.median(r["tokens"] / r["step_s"] for r in rs) for v, rs in runs.items()}
     for v in runs:
-        print(f"{v:>5}: peak RSS {peak[v] / MiB:,.0f} MiB (after load {loaded[v] / MiB:,.0f}, step adds "
-              f"{(peak[v] - loaded[v]) / MiB:,.0f}), {tps[v]:.0f} tokens/s")
+        print(f"{v:>5}: peak RSS {peak[v] / MiB:,.0f} MiB (before training {loaded[v] / MiB:,.0f}; peak anonymous "
+              f"{anon[v] / MiB:,.0f}), {tps[v]:.0f} tokens/s")
+    if len(runs) < 2:
+        return
     ratios = [(o["tokens"] / o["step_s"]) / (p["tokens"] / p["step_s"]) for o, p in zip(runs["ours"], runs["plain"])]
     print(f"tokens/s ours/plain per repetition: {', '.join(f'{x:.3f}' for x in ratios)}")
+    print(f"peak anonymous memory ours/plain {anon['ours'] / anon['plain']:.3f}")
     print(f"RESULT train_peak_memory_over_plain {peak['ours'] / peak['plain']:.3f}")
     print(f"RESULT train_tokens_per_s_over_plain {statistics.median(ratios):.3f}")
 
