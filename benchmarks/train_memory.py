@@ -160,7 +160,8 @@ def worker(variant: str, opts: dict, queue) -> None:
     times = [b - a for a, b in zip(ends, ends[1:])][opts["warmup"]:]
     queue.put({"variant": variant, "loaded": loaded, "peak_train": window.peak,
                "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               "step_s": statistics.median(times), "times": times, "faults_per_step": faults / steps, "loss": result.training_loss,
+               "step_s": statistics.median(times), "times": times, "faults_per_step": faults / steps,
+               "loss": result.training_loss,
                "tokens": sum(len(e.input_ids) for e in encoded), "width": max(len(e.input_ids) for e in encoded),
                "targets": sum(len(e.target_ids) for e in encoded), "threads": torch.get_num_threads()})
 
@@ -253,8 +254,9 @@ def main() -> None:
             r = run_one(variant, opts)
             runs[variant].append(r)
             w, l0 = r["peak_train"], r["loaded"]
-            print(f"rep {rep} {variant:>5}: peak RSS {r['maxrss'] / MiB:,.0f} MiB; before training {l0['rss'] / MiB:,.0f} "
-                  f"(anon {l0['anon'] / MiB:,.0f}, file {l0['file'] / MiB:,.0f}), peak while training {w['rss'] / MiB:,.0f} "
+            print(f"rep {rep} {variant:>5}: peak RSS {r['maxrss'] / MiB:,.0f} MiB; before training "
+                  f"{l0['rss'] / MiB:,.0f} (anon {l0['anon'] / MiB:,.0f}, file {l0['file'] / MiB:,.0f}), "
+                  f"peak while training {w['rss'] / MiB:,.0f} "
                   f"(anon {w['anon'] / MiB:,.0f}, file {w['file'] / MiB:,.0f}; malloc live {w['live'] / MiB:,.0f}); "
                   f"step {r['step_s']:.2f} s "
                   f"({', '.join(f'{t:.2f}' for t in r['times'])}), {r['tokens'] / r['step_s']:.0f} tokens/s, "

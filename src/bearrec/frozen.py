@@ -3,7 +3,7 @@ in `bearrec.training` applies them; `benchmarks/train_memory.py` measures them, 
 
 - `compact_lora_dropout`: on the CPU, `torch.nn.functional.dropout` draws a float noise tensor of its
   input's shape (0 or 1/(1-p)) and multiplies, and autograd keeps that noise for backward: 4 bytes per
-  element of the LoRA input, two per layer with LoRA on q and v (335 MB at batch 8 x 313 tokens with
+  element of the LoRA input, two per layer with LoRA on q and v (319 MiB at batch 8 x 313 tokens with
   SmolLM2). `MaskDropout` draws the same noise from the same generator, multiplies the same way and
   keeps a bool mask instead (1 byte), rebuilding the same noise in backward: outputs and gradients
   bit-identical. Other devices keep `F.dropout` (CUDA's fused kernel already keeps a bool mask).
@@ -20,7 +20,7 @@ in `bearrec.training` applies them; `benchmarks/train_memory.py` measures them, 
   (tokens x intermediate) tensors for backward: gate for silu, silu(gate) and up for the product.
   `SwiGLU` keeps gate and up and recomputes silu(gate) in backward (one cheap element-wise op per
   layer): the same operations on the same values, so outputs and gradients are bit-identical, with
-  a third less MLP memory (220 MB at batch 8 x 313 tokens with SmolLM2). Not specific to LoRA.
+  a third less MLP memory (220 MiB at batch 8 x 313 tokens with SmolLM2). Not specific to LoRA.
 """
 
 from __future__ import annotations
