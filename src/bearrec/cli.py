@@ -81,17 +81,10 @@ def cmd_data_download(args) -> int:
 
 
 def _inference_setup(args, check=None):
-    """(config, dataset, recommender) for --model DIR_OR_RUN: a run directory contributes its resolved
-    config.yaml (prompt, data, decode) and its `model/` folder; any other value is a model path or id.
-    `check(cfg, dataset)` runs before the model is loaded (bad input fails fast)."""
-    from bearrec.config import load_config
-    from bearrec.data import load_dataset
-    from bearrec.data.encode import build_encoder
-    from bearrec.evaluation import Recommender
-    from bearrec.modeling import load_model
+    """(config, dataset, recommender) for --model DIR_OR_RUN (`bearrec.runs.load_run`) with the
+    decoding and data flags as overrides. `check(cfg, dataset)` runs before the model is loaded."""
+    from bearrec.runs import load_run
 
-    run = Path(args.model)
-    config_path = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
     flags = {"data": "data.name", "data_dir": "data.data_dir", "num_beams": "decode.num_beams",
              "length_penalty": "decode.length_penalty", "batch_size": "decode.batch_size",
              "constrained_softmax": "decode.constrained_softmax", "ghost_threshold": "decode.ghost_threshold"}
@@ -100,16 +93,8 @@ def _inference_setup(args, check=None):
         if args.length_penalty not in (None, 0.0):
             raise ConfigError(f"--decoding d3 means --length-penalty 0, not {args.length_penalty}")
         overrides.append("decode.length_penalty=0")
-    cfg = load_config(config_path, overrides)
-    model_path = run / "model" if (run / "model").is_dir() else args.model
-    dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
-    if check is not None:
-        check(cfg, dataset)
-    cfg.model.name_or_path = str(model_path)
-    cfg.model.lora.enabled = False
-    model, tokenizer = load_model(cfg.model)
-    encoder = build_encoder(cfg.prompt, dataset, tokenizer, model)
-    return cfg, dataset, Recommender(model, encoder, cfg.decode)
+    loaded = load_run(args.model, args.config, overrides, check)
+    return loaded.cfg, loaded.dataset, loaded.recommender
 
 
 def cmd_evaluate(args) -> int:

@@ -40,25 +40,14 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     return run_dir
 
 
-def run_recommender(cfg: Config, run_dir: Path):
-    """(dataset, Recommender) of a finished run: its exported `model/` with the run's prompt and decoding."""
-    from bearrec.data import load_dataset
-    from bearrec.data.encode import build_encoder
-    from bearrec.evaluation import Recommender
-    from bearrec.modeling import load_tokenizer
-    from bearrec.training import _load_exported
-
-    dataset = load_dataset(cfg.data)
-    model = _load_exported(run_dir / "model", cfg)
-    encoder = build_encoder(cfg.prompt, dataset, load_tokenizer(run_dir / "model"), model)
-    return dataset, Recommender(model, encoder, cfg.decode)
-
-
 def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
 
-    dataset, recommender = run_recommender(cfg, run_dir)
+    from bearrec.runs import load_run
+
+    loaded = load_run(run_dir)
+    dataset, recommender = loaded.dataset, loaded.recommender
     indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users)
     result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress)
     write_pruning(run_dir / "pruning-test", result)

@@ -35,6 +35,7 @@ from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
 from bearrec.rundir import RunDirectoryError, claim, clear_results, has_results, mark
+from bearrec.runs import load_exported
 from bearrec.selection import RULES, choose_epoch, user_scores
 
 
@@ -352,7 +353,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     if cfg.train.eval_test:
         best = trainer.accelerator.unwrap_model(trainer.model)
         if selection is not None:
-            best = _load_exported(run_dir / "model", cfg)
+            best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
         preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test, test_idx)
         if trainer.accelerator.is_main_process:
@@ -407,12 +408,3 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
         except (OSError, ValueError):
             shutil.rmtree(path)
     return None
-
-
-def _load_exported(path: Path, cfg: Config):
-    from bearrec.modeling import load_model
-
-    model_cfg = type(cfg.model)(name_or_path=str(path), dtype=cfg.model.dtype)
-    model_cfg.lora.enabled = False
-    model, _ = load_model(model_cfg)
-    return model
