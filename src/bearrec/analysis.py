@@ -144,8 +144,8 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
 
 
 def summarize_pruning(users: list[dict], ks, decode: DecodeConfig) -> dict:
-    out = {"num_users": len(users), "num_beams": decode.num_beams,
-           "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty}
+    out = {"num_users": len(users), "num_beams": decode.num_beams, "constrained_softmax": decode.constrained_softmax,
+           "length_penalty": decode.length_penalty, "ghost_threshold": decode.ghost_threshold}
     for k in ks:
         eligible = [u for u in users if u["overall_rank"] < k]
         pruned = [u for u in eligible if u["pruned"]]

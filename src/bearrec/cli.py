@@ -14,11 +14,36 @@ from pathlib import Path
 from bearrec.errors import BearrecError, ConfigError
 
 
-def _overrides(args, flags: dict[str, str]) -> list[str]:
-    """KEY=VALUE overrides from the positional list, then from the flags that were given."""
+def config_flag(p, flag: str, key: str, help: str | None = None) -> None:
+    """`flag` sets the config setting `key`: its type, choices, default and help are the setting's
+    declaration (`bearrec.sections`); a flag not given leaves the config's value."""
+    import typing
+
+    from bearrec.config import declared
+
+    tp, default, text = declared(key)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0] if typing.get_origin(tp) is not typing.Literal and args else tp
+    dest = flag.lstrip("-").replace("-", "_")
+    shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+    kwargs = {"dest": dest, "default": None, "help": f"{help or text} ({key}; default: the config's value, else {shown})"}
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(tp) is typing.Literal:
+        kwargs["choices"] = typing.get_args(tp)
+    else:
+        kwargs["type"] = tp
+    p.add_argument(flag, **kwargs)
+    keys = dict(p.get_default("config_flags") or {})
+    keys[dest] = key
+    p.set_defaults(config_flags=keys)
+
+
+def _overrides(args) -> list[str]:
+    """KEY=VALUE overrides from the positional list, then from the config flags that were given."""
     out = list(getattr(args, "overrides", None) or [])
-    for flag, key in flags.items():
-        value = getattr(args, flag, None)
+    for dest, key in (getattr(args, "config_flags", None) or {}).items():
+        value = getattr(args, dest, None)
         if value is not None:
             out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return out
@@ -27,9 +52,7 @@ def _overrides(args, flags: dict[str, str]) -> list[str]:
 def _data_config(args):
     from bearrec.config import load_config
 
-    flags = {"data_dir": "data.data_dir", "train_file": "data.train_file", "on_empty_title": "data.on_empty_title",
-             "valid_fraction": "data.valid_fraction", "name": "data.name"}
-    return load_config(args.config, _overrides(args, flags))
+    return load_config(args.config, _overrides(args))
 
 
 def _print_statistics(stats: dict) -> None:
@@ -85,14 +108,12 @@ def _inference_setup(args, check=None):
     decoding and data flags as overrides. `check(cfg, dataset)` runs before the model is loaded."""
     from bearrec.runs import load_run
 
-    flags = {"data": "data.name", "data_dir": "data.data_dir", "num_beams": "decode.num_beams",
-             "length_penalty": "decode.length_penalty", "batch_size": "decode.batch_size",
-             "constrained_softmax": "decode.constrained_softmax", "ghost_threshold": "decode.ghost_threshold"}
-    overrides = _overrides(args, flags)
-    if getattr(args, "decoding", None) == "d3":  # D3 (Bao et al. 2024): no length normalisation
-        if args.length_penalty not in (None, 0.0):
-            raise ConfigError(f"--decoding d3 means --length-penalty 0, not {args.length_penalty}")
-        overrides.append("decode.length_penalty=0")
+    overrides = _overrides(args)
+    from bearrec.config import PRESETS
+
+    for key, value in PRESETS.get(getattr(args, "decoding", None), {}).items():  # a preset sets its values
+        if getattr(args, key, None) is None:
+            overrides.append(f"decode.{key}={value}")
     loaded = load_run(args.model, args.config, overrides, check)
     return loaded.cfg, loaded.dataset, loaded.recommender
 
@@ -226,23 +247,27 @@ def cmd_analyze_pruning(args) -> int:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
 
-    results = {}
+    results, ks = {}, None
     for model, label in zip(args.model, run_labels(args.model)):
         args_one = argparse.Namespace(**{**vars(args), "model": model})
         cfg, dataset, recommender = _inference_setup(args_one)
+        ks = ks or tuple(cfg.analysis.ks)  # the first run's analysis.ks (or the config's) for every run
         examples = dataset.split(args.split)
         indices = seeded_subset(len(examples), args.limit)
-        result = analyze(recommender, examples, indices, exact_ranks=args.exact_ranks)
+        result = analyze(recommender, examples, indices, ks=ks, exact_ranks=args.exact_ranks)
         result.update(split=args.split, dataset=dataset.name, model=model)
         run = Path(model)
-        out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
+        if args.out:
+            out = Path(args.out) / label
+        else:
+            out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path("runs") / run.name
         write_pruning(out, result)
         results[label] = result
         rows = [f"PR@{k} {_share(r['rate'])} ({r['pruned']}/{r['eligible']}), violating {_share(r['violation_share'])}"
-                for k, r in ((k, result[f"PR@{k}"]) for k in (5, 10))]
+                for k, r in ((k, result[f"PR@{k}"]) for k in ks)]
         print(f"{model}: " + "; ".join(rows) + f"  -> {out / 'pruning.json'}")
     png = Path(args.out or (Path(args.model[0]) / f"pruning-{args.split}")) / "pruning.png"
-    plot_pruning(results, png)
+    plot_pruning(results, png, ks=ks)
     print(f"plot: {png}")
     return 0
 
@@ -311,11 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     def data_flags(p, positional: str | None):
         if positional:
             p.add_argument(positional, help="office, book, toy, clothing, movielens-1m, movielens-100k, or a folder")
+            p.set_defaults(config_flags={positional: "data.name"})
         p.add_argument("--config", help="a YAML config; its data: section is used")
-        p.add_argument("--data-dir", help="folder holding named Amazon datasets (else $BEARREC_DATA_DIR)")
-        p.add_argument("--train-file", help="train CSV to use (default: train_10000.csv when present)")
-        p.add_argument("--valid-fraction", type=float, help="share of train carved as validation (default 1/9)")
-        p.add_argument("--on-empty-title", choices=["error", "drop"], help="items with empty titles")
+        for flag in ("data_dir", "train_file", "valid_fraction", "on_empty_title"):
+            config_flag(p, "--" + flag.replace("_", "-"), f"data.{flag}")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.prepare.k_core=10")
 
     p = data.add_parser("inspect", help="statistics of a dataset")
@@ -340,18 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a run directory or model; repeat it to compare runs side by side")
         else:
             p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
-        p.add_argument("--data", help="dataset name or folder (default: the run's config)")
         p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
-        p.add_argument("--data-dir", help="folder holding named Amazon datasets")
-        p.add_argument("--num-beams", type=int, help="beam width B (default 10)")
-        p.add_argument("--length-penalty", type=float, help="HF length penalty (default 1.0; D3: 0.0)")
-        p.add_argument("--batch-size", type=int, help="users decoded together (default 8)")
-        p.add_argument("--decoding", choices=["hf", "d3"], default="hf",
-                       help="hf: the run's decode settings; d3: no length normalisation (Bao et al. 2024)")
-        p.add_argument("--ghost-threshold", type=float,
-                       help="tokens of probability >= this do not count in the normalising length (D3's ghost tokens)")
-        p.add_argument("--constrained-softmax", action=argparse.BooleanOptionalAction, default=None,
-                       help="softmax over trie-valid tokens (default) or the whole vocabulary")
+        config_flag(p, "--data", "data.name", help="dataset name or folder")
+        config_flag(p, "--data-dir", "data.data_dir")
+        for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax"):
+            config_flag(p, "--" + key.replace("_", "-"), f"decode.{key}")
+        config_flag(p, "--decoding", "decode.preset", help="a decoding recipe the run's settings are read with; "
+                    "d3: no length normalisation (Bao et al. 2024)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     p = sub.add_parser("evaluate", help="decode a split and compute HR@K / NDCG@K")
@@ -404,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users (default: the whole split)")
     p.add_argument("--exact-ranks", action="store_true", help="score every title for every user, so that "
                    "overall_rank is exact beyond K too (many times slower; PR@K is the same)")
-    p.add_argument("--out", help="where the plot goes (default: the first run's pruning-SPLIT/)")
+    p.add_argument("--out", help="OUT/<run label>/pruning.json for each run and OUT/pruning.png (default: each "
+                   "run's pruning-SPLIT/, the plot in the first run's); K from the config's analysis.ks")
     p.set_defaults(func=cmd_analyze_pruning)
 
     p = sub.add_parser("recommend", help="top-K items for one history")

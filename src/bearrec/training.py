@@ -24,9 +24,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, save_config, to_dict
+from bearrec.config import Config, check, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
-from bearrec.errors import BearrecError
+from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
 from bearrec import methods
 from bearrec.losses import Allowed, condition_metrics
@@ -36,7 +36,7 @@ from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
 from bearrec.rundir import RunDirectoryError, claim, clear_results, has_results, mark
 from bearrec.runs import load_exported
-from bearrec.selection import RULES, choose_epoch, user_scores
+from bearrec.selection import choose_epoch, user_scores
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -245,22 +245,11 @@ def attention_backends():
 
 
 def check_config(cfg: Config) -> None:
-    """Everything that can be checked before data and model are loaded."""
-    methods.validate(cfg.loss)
-    t = cfg.train
-    for key in ("epochs", "batch_size", "grad_accum", "selection_k", "logging_steps"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.learning_rate <= 0:
-        raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if t.selection_rule not in RULES:
-        raise ValueError(f"train.selection_rule must be one of {', '.join(RULES)}, got {t.selection_rule!r}")
-    if t.min_valid_hits < 0:
-        raise ValueError(f"train.min_valid_hits must be >= 0, got {t.min_valid_hits}")
-    if cfg.decode.num_beams < 1:
-        raise ValueError(f"decode.num_beams must be >= 1, got {cfg.decode.num_beams}")
+    """Every setting again (`bearrec.sections.check`: a config changed in place since it was built),
+    and what training adds."""
+    check(cfg)
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
-        raise ValueError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
+        raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
 
 
 def build_encoder_and_model(cfg: Config, dataset):

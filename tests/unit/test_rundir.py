@@ -36,6 +36,27 @@ def test_a_legacy_folder_is_judged_by_what_it_ran(tmp_path):
         assert state["config_hash"] == config_hash(Config())
 
 
+def test_a_run_hashed_by_an_older_bearrec_keeps_its_finished_steps(tmp_path):
+    """run.json's hash was computed before a setting existed (decode.preset here): its config.yaml,
+    read today, is this config, so the run is adopted with its finished steps and the hash
+    rewritten; a config.yaml that differs is still refused."""
+    old = to_dict(Config())
+    del old["decode"]["preset"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    (run / "run.json").write_text(json.dumps({"config_hash": "0123456789ab", "done": ["pruning", "train"]}))
+    with claim(run, Config()) as state:
+        assert state == {"config_hash": config_hash(Config()), "done": ["pruning", "train"]}
+    assert json.loads((run / "run.json").read_text())["config_hash"] == config_hash(Config())
+    other = Config()
+    other.loss.bear.lam = 0.5
+    (run / "run.json").write_text(json.dumps({"config_hash": "0123456789ab", "done": ["train"]}))
+    with pytest.raises(RunDirectoryError, match="holds a run of another config"):
+        with claim(run, other):
+            pass
+
+
 def test_force_recovers_a_corrupt_run_record(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text("{not json")

@@ -61,10 +61,6 @@ class PromptTemplate:
         domain = cfg.domain or domain_for(dataset_name)
         if domain not in DOMAINS:
             raise ValueError(f"prompt.domain {domain!r} unknown; choose one of {', '.join(DOMAINS)}")
-        for key in ("max_history_items", "max_title_words"):
-            value = getattr(cfg, key)
-            if value is not None and value < 1:
-                raise ValueError(f"prompt.{key} must be >= 1 or null, got {value}")
         instruction, history = DOMAINS[domain]
         return cls(cfg.template, cfg.instruction or instruction, cfg.history_prefix or history,
                    cfg.max_history_items, cfg.max_title_words)

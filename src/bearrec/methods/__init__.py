@@ -86,26 +86,9 @@ def get(name: str) -> Method:
 
 
 def validate(cfg) -> None:
-    """Every `loss` setting, before any data or model is loaded (ValueError naming the setting)."""
-    from bearrec.losses.bear import SHORT_SETS
-
-    method = get(cfg.name)
-    if cfg.tau <= 0:
-        raise ValueError(f"loss.tau must be > 0, got {cfg.tau}")
-    b = cfg.bear
-    if b.num_beams < 1:
-        raise ValueError(f"loss.bear.num_beams (B) must be >= 1, got {b.num_beams}")
-    if b.xi <= 0:
-        raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
-    if b.lam < 0:
-        raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
-    if b.short_sets not in ("auto", *SHORT_SETS):
-        raise ValueError(f"loss.bear.short_sets must be one of auto, {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
-    if cfg.pref.beta <= 0:
-        raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
-    if cfg.pref.num_negatives < 1:
-        raise ValueError(f"loss.pref.num_negatives must be >= 1, got {cfg.pref.num_negatives}")
-    method.check(cfg)
+    """The method named by a `loss` section exists and accepts its settings (the bounds of each
+    setting are declared in `bearrec.sections`); called when the section is built."""
+    get(cfg.name).check(cfg)
 
 
 def loss(logits, targets, allowed, cfg) -> torch.Tensor:
