@@ -18,6 +18,12 @@ a real hypothesis, so they are simply absent here: only real catalogue titles co
 Speed, without changing results: each prompt is prefilled once (not B times) and its KV cache is
 gathered to its live beams only; allowed tokens come from the trie arrays for all beams at once;
 under `constrained_softmax` the LM head is computed only for the tokens some beam may emit.
+
+The search reads top to bottom in `_decode`: `Prefilled` (prefill each prompt once), then per step
+`_score_children` (every live beam's trie children and their scores), `_select` (each prompt's top
+2B candidates; an `on_select` hook may observe them, as `prefix_thresholds` does), `_finish` (EOS
+candidates become hypotheses; prompts that cannot improve stop) and `_reorder` (the continuing
+candidates become the next beams, and the cache follows them).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from bearrec import prefix_attention
-from bearrec.modeling import ModelError
+from bearrec import prefix_attention, ragged
+from bearrec.modeling import ModelError, unwrap_peft
 from bearrec.trie import TitleTrie
 
 
@@ -44,7 +51,7 @@ class Ranked:
 
 def _split_model(model):
     """(backbone, lm_head, full_logits_only) for a causal LM, a peft wrapper included."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     cfg = base.config
     backbone = getattr(base, base.base_model_prefix, None)
     head = base.get_output_embeddings()
@@ -84,44 +91,30 @@ class _Scorer:
         if self.full_only or not self.constrained:
             logits = state.float() if self.full_only else self.head(state).float()
             if self.constrained:
-                return _segment_log_softmax(logits[rows, toks], rows, counts)
+                return ragged.segment_log_softmax(logits[rows, toks], counts, rows)
             return logits.log_softmax(-1)[rows, toks]
         uniq, inverse = torch.unique(toks, return_inverse=True)
         weight = self.head.weight[uniq]
         sub = state @ weight.T
         if self.head.bias is not None:
             sub = sub + self.head.bias[uniq]
-        return _segment_log_softmax(sub.float()[rows, inverse], rows, counts)
+        return ragged.segment_log_softmax(sub.float()[rows, inverse], counts, rows)
 
 
-def _segment_log_softmax(values: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """log-softmax within each group of consecutive entries (group sizes `counts`)."""
-    n, width = len(counts), int(counts.max()) if len(counts) else 0
-    starts = torch.cumsum(counts, 0) - counts
-    offsets = torch.arange(len(values), device=values.device) - starts[rows]
-    padded = torch.full((n, width), float("-inf"), dtype=values.dtype, device=values.device)
-    padded[rows, offsets] = values
-    return values - torch.logsumexp(padded, dim=1)[rows]
-
-
-class _Prefilled:
-    """Prompts prefilled once (left padding) and the cache their continuations extend: the shared-
-    prefix cache where the architecture allows, else Hugging Face's. `advance` feeds one token to
-    each live row; rows are reordered from their parents first."""
+class Prefilled:
+    """The prefill stage: prompts run once (left padding) and the cache their continuations extend,
+    the shared-prefix cache where the architecture allows, else Hugging Face's. `state` holds the
+    last-position states of the current rows (one per prompt after the prefill); `advance` feeds
+    one token to each row of the next step, rows first reordered from their parents."""
 
     def __init__(self, model, prompts: list[list[int]], constrained_softmax: bool, pad_token_id: int,
                  shared_prefix: bool | None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         self.model, self.scorer = model, _Scorer(model, constrained_softmax)
-        n, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-        self.prompt_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding
-            input_ids[i, width - len(p):] = torch.as_tensor(p)
-            self.prompt_mask[i, width - len(p):] = 1
+        input_ids, self.prompt_mask = ragged.pad_sequences(prompts, pad_token_id)
         self.prompt_len = self.prompt_mask.sum(1)
-        positions = (self.prompt_mask.cumsum(1) - 1).clamp(min=0)
+        positions = ragged.position_ids(self.prompt_mask)
         self.state, self.cache = self.scorer.forward(input_ids, self.prompt_mask, positions, None)
         self.shared = prefix_attention.supports(model) if shared_prefix is None else shared_prefix
         if self.shared:
@@ -130,6 +123,11 @@ class _Prefilled:
     def attention(self):
         """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""
         return prefix_attention.active(self.model, self.cache) if self.shared else nullcontext()
+
+    def child_log_probs(self, rows: torch.Tensor, toks: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (float32, CPU) of the children `toks` of the current rows: ragged, row
+        `rows[i]` for child i, `counts` children per row."""
+        return self.scorer.child_log_probs(self.state, rows, toks, counts)
 
     def advance(self, parent: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Rows `parent` (of the previous rows) each take `tokens`; `step` tokens generated so far,
@@ -143,6 +141,11 @@ class _Prefilled:
         pos = (self.prompt_len[row_prompt] + step - 1)[:, None]
         self.state, self.cache = self.scorer.forward(tokens[:, None], attn, pos, self.cache)
         return self.state
+
+
+# An `on_select` hook: called once per step with each prompt's top candidate scores (prompts x k,
+# best first, -inf where a prompt has fewer than k) and which prompts are still searching.
+SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @torch.no_grad()
@@ -159,9 +162,9 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
-    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
+    run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode_loop(run, trie, num_beams, length_penalty, ghost_threshold)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold)
 
 
 @torch.no_grad()
@@ -171,81 +174,162 @@ def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beam
     at step t of the beam search (the score a length-t prefix must reach to stay in the top B);
     -inf where fewer than B candidates exist. A prompt's list ends when its search stops. Used by
     the `beam_sim` loss (the paper's Objective 3.1)."""
-    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
-    record: list[list[float]] = [[] for _ in prompts]
+    run = Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
+    recorder = BthCandidateScores(len(prompts), num_beams)
     with run.attention():
-        _decode_loop(run, trie, num_beams, 1.0, record=record)
-    return record
+        _decode(run, trie, num_beams, 1.0, on_select=recorder)
+    return recorder.per_prompt
 
 
-def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float,
-                 ghost_threshold: float | None = None, record: list[list[float]] | None = None) -> list[Ranked]:
-    n, eos, scorer, state = len(run.prompt_len), trie.eos_token_id, run.scorer, run.state
+class BthCandidateScores:
+    """`on_select` hook of `prefix_thresholds`: appends, for every prompt still searching, the
+    score of its B-th candidate at this step (-inf where it has fewer than B)."""
 
-    # live beams, grouped by prompt and in rank order within a prompt
-    beam_prompt = torch.arange(n)
-    beam_node = torch.zeros(n, dtype=torch.long)
-    beam_score = torch.zeros(n)
-    beam_tokens = torch.zeros((n, 0), dtype=torch.long)
-    beam_len = torch.zeros(n)  # the length that normalises: all tokens, or the non-ghost ones
-    log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
-    finished: list[list[tuple[float, tuple[int, ...], int]]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    step = 0
-    while len(beam_prompt):
-        counts, toks, children = trie.children(beam_node)
-        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        step_lp = scorer.child_log_probs(state, rows, toks, counts)
-        if bool(torch.isnan(step_lp).any()):
-            raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
-                             "training run?): nothing can be ranked")
-        acc = beam_score[rows] + step_lp
-        cand_len = beam_len[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
-        cand_prompt = beam_prompt[rows]
-        # per-prompt candidate lists in (beam rank, token) order, as HF's flattened beam * vocab index
-        per_prompt = torch.bincount(cand_prompt, minlength=n)
-        first = torch.cumsum(per_prompt, 0) - per_prompt
-        slot = torch.arange(len(acc)) - first[cand_prompt]
-        table = torch.full((n, int(per_prompt.max()) if len(acc) else 1), float("-inf"))
-        table[cand_prompt, slot] = acc
-        k = min(2 * B, table.shape[1])
-        top_scores, top_slots = table.topk(k, dim=1)
-        top_idx = (first[:, None] + top_slots).clamp(max=max(len(acc) - 1, 0))
-        valid = torch.isfinite(top_scores)
-        if record is not None:
-            bth = top_scores[:, B - 1] if k >= B else torch.full((n,), float("-inf"))
-            for p in range(n):
-                if not done[p]:
-                    record[p].append(float(bth[p]))
-        is_eos = valid & (toks[top_idx] == eos) if len(acc) else valid
-        norm = cand_len[top_idx].clamp(min=1.0) ** length_penalty if len(acc) else torch.ones_like(top_scores)
-        rank = torch.arange(k)[None, :]
-        finishing = is_eos & (rank < B)
-        for p, j in finishing.nonzero().tolist():
-            i = int(top_idx[p, j])
-            r = int(rows[i])
-            entry = (float(top_scores[p, j] / norm[p, j]), (*beam_tokens[r].tolist(), eos), int(children[i]))
-            finished[p] = sorted(finished[p] + [entry], key=lambda e: -e[0])[:B]
-        running = valid & ~is_eos
-        running &= (running.cumsum(1) <= B)
-        # Hugging Face's stopping heuristic, per prompt
-        best = torch.where(running, top_scores / norm, torch.tensor(float("-inf"))).max(dim=1).values
-        for p in range(n):
-            if done[p]:
+    def __init__(self, num_prompts: int, num_beams: int):
+        self.num_beams = num_beams
+        self.per_prompt: list[list[float]] = [[] for _ in range(num_prompts)]
+
+    def __call__(self, top_scores: torch.Tensor, searching: torch.Tensor) -> None:
+        B = self.num_beams
+        bth = top_scores[:, B - 1] if top_scores.shape[1] >= B else torch.full((len(top_scores),), float("-inf"))
+        for p in searching.nonzero()[:, 0].tolist():
+            self.per_prompt[p].append(float(bth[p]))
+
+
+# ---- the search, stage by stage ----------------------------------------------------------------
+@dataclass
+class _Beams:
+    """Live beams, grouped by prompt and in rank order within a prompt."""
+
+    prompt: torch.Tensor  # (M,) the prompt each beam extends
+    node: torch.Tensor  # (M,) trie node reached
+    score: torch.Tensor  # (M,) sum of token log-probs
+    tokens: torch.Tensor  # (M, steps) generated token ids
+    length: torch.Tensor  # (M,) the length that normalises: all tokens, or the non-ghost ones
+
+    @classmethod
+    def start(cls, num_prompts: int) -> "_Beams":
+        """One empty beam per prompt, at the trie root."""
+        return cls(torch.arange(num_prompts), torch.zeros(num_prompts, dtype=torch.long), torch.zeros(num_prompts),
+                   torch.zeros((num_prompts, 0), dtype=torch.long), torch.zeros(num_prompts))
+
+
+@dataclass
+class _Candidates:
+    """Every live beam's trie children, flat in (beam, token) order: Hugging Face's flattened
+    beam * vocabulary order, restricted to the trie."""
+
+    beam: torch.Tensor  # the beam each candidate extends
+    prompt: torch.Tensor  # its prompt (grouped: beams are)
+    token: torch.Tensor
+    node: torch.Tensor  # the trie node it reaches
+    score: torch.Tensor  # the beam's score + the token's log-prob
+    length: torch.Tensor  # the beam's length + this token's (1, or 0 for a ghost token)
+
+
+@dataclass
+class _Top:
+    """Each prompt's best k = min(2B, most candidates of a prompt) candidates, best first."""
+
+    scores: torch.Tensor  # (prompts, k), -inf where a prompt has fewer
+    index: torch.Tensor  # (prompts, k) into the flat candidates (clamped where invalid)
+    valid: torch.Tensor  # (prompts, k) a real candidate
+
+
+class _Hypotheses:
+    """Finished hypotheses per prompt (the best B, best first) and the prompts whose search stopped."""
+
+    def __init__(self, num_prompts: int, num_beams: int):
+        self.num_beams = num_beams
+        self.finished: list[list[tuple[float, tuple[int, ...], int]]] = [[] for _ in range(num_prompts)]
+        self.done = torch.zeros(num_prompts, dtype=torch.bool)
+
+    def add(self, p: int, score: float, path: tuple[int, ...], node: int) -> None:
+        self.finished[p] = sorted(self.finished[p] + [(score, path, node)], key=lambda e: -e[0])[:self.num_beams]
+
+    def stop(self, running: torch.Tensor, best: torch.Tensor) -> None:
+        """Hugging Face's stopping heuristic: a prompt is done when no candidate continues, or when
+        its B slots are full and its best continuing score `best` cannot beat the worst finished one."""
+        for p, finished in enumerate(self.finished):
+            if self.done[p]:
                 continue
-            full = len(finished[p]) == B
-            if not bool(running[p].any()) or (full and float(best[p]) <= finished[p][-1][0]):
-                done[p] = True
-        running &= ~done[:, None]
-        sel_p, sel_j = running.nonzero(as_tuple=True)
-        if len(sel_p) == 0:
+            full = len(finished) == self.num_beams
+            if not bool(running[p].any()) or (full and float(best[p]) <= finished[-1][0]):
+                self.done[p] = True
+
+    def ranked(self) -> list[Ranked]:
+        return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in self.finished]
+
+
+def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
+            on_select: SelectHook | None = None) -> list[Ranked]:
+    """The beam search over prefilled prompts (runs inside `run.attention()`)."""
+    n = len(run.prompt_len)
+    log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
+    beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
+    while len(beams.prompt):
+        candidates = _score_children(run, trie, beams, log_ghost)
+        top = _select(candidates, n, B)
+        if on_select is not None:
+            on_select(top.scores, ~hypotheses.done)
+        running = _finish(top, candidates, beams, hypotheses, trie.eos_token_id, length_penalty)
+        if not bool(running.any()):
             break
-        cand = top_idx[sel_p, sel_j]
-        parent = rows[cand]
-        beam_prompt, beam_node, beam_score = sel_p, children[cand], top_scores[sel_p, sel_j]
-        beam_len = cand_len[cand]
-        new_tok = toks[cand]
-        beam_tokens = torch.cat([beam_tokens[parent], new_tok[:, None]], dim=1)
-        step += 1
-        state = run.advance(parent, beam_prompt, new_tok, step)  # cache rows follow the live beams
-    return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in finished]
+        beams, parent = _reorder(top, running, candidates, beams)
+        run.advance(parent, beams.prompt, beams.tokens[:, -1], beams.tokens.shape[1])  # cache rows follow the beams
+    return hypotheses.ranked()
+
+
+def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None) -> _Candidates:
+    """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
+    (under the constrained or the full softmax) and its normalising length."""
+    counts, toks, children = trie.children(beams.node)
+    rows = ragged.segment_ids(counts)
+    step_lp = run.child_log_probs(rows, toks, counts)
+    if bool(torch.isnan(step_lp).any()):
+        raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
+                         "training run?): nothing can be ranked")
+    length = beams.length[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
+    return _Candidates(rows, beams.prompt[rows], toks, children, beams.score[rows] + step_lp, length)
+
+
+def _select(candidates: _Candidates, n: int, B: int) -> _Top:
+    """Select stage: each prompt's top 2B candidates (fewer where it has fewer), as Hugging Face
+    ranks its flattened beam * vocabulary scores."""
+    per_prompt = torch.bincount(candidates.prompt, minlength=n)
+    table = ragged.padded(candidates.score, per_prompt, float("-inf"), ids=candidates.prompt, min_width=1)
+    scores, slots = table.topk(min(2 * B, table.shape[1]), dim=1)
+    index = (ragged.segment_starts(per_prompt)[:, None] + slots).clamp(max=max(len(candidates.score) - 1, 0))
+    return _Top(scores, index, torch.isfinite(scores))
+
+
+def _finish(top: _Top, candidates: _Candidates, beams: _Beams, hypotheses: _Hypotheses, eos: int,
+            length_penalty: float) -> torch.Tensor:
+    """Finish stage: an EOS candidate among its prompt's first B finishes a hypothesis scored
+    sum / length ** length_penalty; then prompts that cannot improve stop. Returns the (prompts, k)
+    mask of the candidates that continue: the best B non-EOS ones of each prompt still searching."""
+    B = hypotheses.num_beams
+    any_candidate = len(candidates.score) > 0
+    is_eos = top.valid & (candidates.token[top.index] == eos) if any_candidate else top.valid
+    norm = (candidates.length[top.index].clamp(min=1.0) ** length_penalty if any_candidate
+            else torch.ones_like(top.scores))
+    rank = torch.arange(top.scores.shape[1])[None, :]
+    for p, j in (is_eos & (rank < B)).nonzero().tolist():
+        i = int(top.index[p, j])
+        path = (*beams.tokens[int(candidates.beam[i])].tolist(), eos)
+        hypotheses.add(p, float(top.scores[p, j] / norm[p, j]), path, int(candidates.node[i]))
+    running = top.valid & ~is_eos
+    running &= (running.cumsum(1) <= B)
+    best = torch.where(running, top.scores / norm, torch.tensor(float("-inf"))).max(dim=1).values
+    hypotheses.stop(running, best)
+    return running & ~hypotheses.done[:, None]
+
+
+def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> tuple[_Beams, torch.Tensor]:
+    """Reorder stage: the continuing candidates become the next beams (grouped by prompt, in rank
+    order). Returns them and each one's parent row, which the cache rows must follow."""
+    sel_p, sel_j = running.nonzero(as_tuple=True)
+    cand = top.index[sel_p, sel_j]
+    parent = candidates.beam[cand]
+    tokens = torch.cat([beams.tokens[parent], candidates.token[cand][:, None]], dim=1)
+    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand]), parent

@@ -17,14 +17,16 @@ from contextlib import contextmanager
 import torch
 from transformers import AttentionInterface
 
+from bearrec import ragged
+from bearrec.modeling import unwrap_peft
+
 NAME = "bearrec_shared_prefix"
 SUPPORTED = {"llama", "qwen2", "qwen3", "mistral"}
 _active: "SharedPrefixCache | None" = None
 
 
 def supports(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
+    cfg = unwrap_peft(model).config
     return (cfg.model_type in SUPPORTED and not getattr(cfg, "use_sliding_window", False)
             and getattr(cfg, "attn_logit_softcapping", None) is None)
 
@@ -47,10 +49,9 @@ class SharedPrefixCache:
         """`beam_user`: the user of each live beam, grouped by user (the decoder keeps that order)."""
         device = self.prompt_k[0].device
         counts = torch.bincount(beam_user, minlength=self.prompt_k[0].shape[0])
-        first = torch.cumsum(counts, 0) - counts
         self.user = beam_user.to(device)
-        self.slot = (torch.arange(len(beam_user)) - first[beam_user]).to(device)
-        self.width = max(int(counts.max()), 1)
+        self.slot = ragged.segment_offsets(counts, beam_user).to(device)
+        self.width = ragged.padded_width(counts, min_width=1)
 
     def reorder_cache(self, parent: torch.Tensor) -> None:
         parent = parent.to(self.prompt_k[0].device)
@@ -70,9 +71,7 @@ class SharedPrefixCache:
 
 def _to_users(x: torch.Tensor, cache: SharedPrefixCache) -> torch.Tensor:
     """(M, ...) per beam -> (N, width, ...) per user, zero-padded."""
-    out = x.new_zeros((cache.prompt_k[0].shape[0], cache.width, *x.shape[1:]))
-    out[cache.user, cache.slot] = x
-    return out
+    return ragged.scatter_padded(x, cache.user, cache.slot, cache.prompt_k[0].shape[0], cache.width, 0.0)
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -103,7 +102,7 @@ AttentionInterface.register(NAME, shared_prefix_attention)
 def active(model, cache: SharedPrefixCache):
     """Route the model's attention through `shared_prefix_attention` with `cache` for the block."""
     global _active
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     configs = {id(c): c for c in (base.config, *(getattr(m, "config", None) for m in base.modules())) if c is not None}
     saved = {k: c._attn_implementation for k, c in configs.items()}
     _active = cache

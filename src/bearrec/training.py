@@ -28,7 +28,7 @@ from bearrec.config import Config, check, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
-from bearrec import methods
+from bearrec import methods, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
 from bearrec.losses.beam_sim import align_thresholds
@@ -64,15 +64,10 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict:
-        seqs = [f["prompt_ids"] + f["target_ids"] for f in features]
-        width = max(map(len, seqs))
+        input_ids, mask = ragged.pad_sequences([f["prompt_ids"] + f["target_ids"] for f in features], self.pad_token_id)
         keep = max(len(f["target_ids"]) for f in features)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
         rows, cols, targets, nodes = [], [], [], []
-        for i, (f, seq) in enumerate(zip(features, seqs)):
-            input_ids[i, width - len(seq):] = torch.tensor(seq)
-            mask[i, width - len(seq):] = 1
+        for i, f in enumerate(features):
             n = len(f["target_ids"])
             # kept logits cover the last keep + 1 positions; position j of them predicts token
             # width - keep - 1 + j + 1, so target k (of n) is predicted at j = keep - n + k
@@ -80,7 +75,7 @@ class Collator:
             cols += range(keep - n, keep)
             targets += f["target_ids"]
             nodes += f["nodes"]
-        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": ragged.position_ids(mask),
                 "logits_to_keep": keep + 1, "resp_rows": torch.tensor(rows), "resp_cols": torch.tensor(cols),
                 "targets": torch.tensor(targets), "nodes": torch.tensor(nodes),
                 "prompts": [f["prompt_ids"] for f in features]}

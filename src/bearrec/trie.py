@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bearrec import ragged
+
 DEAD = -1  # the node id for a prefix that left the trie
 
 
@@ -87,18 +89,15 @@ class TitleTrie:
         live = nodes >= 0
         safe = nodes.clamp(min=0)
         counts = torch.where(live, self.num_children[safe], torch.zeros_like(safe))
-        starts = self.indptr[safe]
-        total = int(counts.sum())
-        offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        flat = torch.repeat_interleave(starts, counts) + offsets
+        ids = ragged.segment_ids(counts)
+        flat = self.indptr[safe][ids] + ragged.segment_offsets(counts, ids)
         return counts, self.child_tokens[flat], self.child_nodes[flat]
 
     def allowed_mask(self, nodes: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """(len(nodes), vocab_size) boolean mask of the valid next tokens, built on the fly."""
         counts, toks, _ = self.children(nodes)
-        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         mask = torch.zeros(len(counts), vocab_size, dtype=torch.bool)
-        mask[rows, toks] = True
+        mask[ragged.segment_ids(counts), toks] = True
         return mask
 
     # ---- single-sequence helpers (tests, analysis) --------------------------------------------
@@ -132,12 +131,9 @@ class TitleTrie:
         """Batched walk: the node each full path ends at (DEAD where it leaves the trie)."""
         if not paths:
             return torch.empty(0, dtype=torch.long)
-        width = max(len(p) for p in paths)
-        toks = torch.full((len(paths), width), -1, dtype=torch.long)
-        for i, p in enumerate(paths):
-            toks[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        toks, _ = ragged.pad_sequences(paths, -1, left=False)
         nodes = torch.zeros(len(paths), dtype=torch.long)
-        for t in range(width):
+        for t in range(toks.shape[1]):
             active = toks[:, t] >= 0
             nodes = torch.where(active, self.step(nodes, toks[:, t].clamp(min=0)), nodes)
         return nodes

@@ -220,3 +220,25 @@ def test_prefix_thresholds_match_a_slow_beam_search(setup, num_beams):
             want = _slow_thresholds(model, enc.trie, prompt, num_beams)
         assert len(got) == len(want) and got == pytest.approx(want, abs=1e-4)
     assert any(math.isfinite(v) for row in fast for v in row)
+
+
+def test_select_hook_observes_without_changing_the_search(setup):
+    """`prefix_thresholds` is the decoder with an `on_select` hook: the ranking is the same with or
+    without one, and the hook sees each step's top 2B candidate scores of the prompts still searching."""
+    from bearrec.decoding import BthCandidateScores, Prefilled, _decode, prefix_thresholds
+
+    model, tok, enc, prompts = setup
+    seen = []
+
+    def hook(top_scores, searching):
+        seen.append((top_scores.shape, int(searching.sum())))
+        recorder(top_scores, searching)
+
+    recorder = BthCandidateScores(len(prompts[:6]), 3)
+    run = Prefilled(model, prompts[:6], True, tok.pad_token_id, None)
+    with torch.no_grad(), run.attention():
+        hooked = _decode(run, enc.trie, 3, 1.0, on_select=hook)
+    plain = beam_search(model, enc.trie, prompts[:6], 3, pad_token_id=tok.pad_token_id)
+    assert [(r.paths, r.scores) for r in hooked] == [(r.paths, r.scores) for r in plain]
+    assert seen and all(shape[0] == 6 and shape[1] <= 6 for shape, _ in seen) and seen[0][1] == 6
+    assert recorder.per_prompt == prefix_thresholds(model, enc.trie, prompts[:6], 3, pad_token_id=tok.pad_token_id)

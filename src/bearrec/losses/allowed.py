@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bearrec import ragged
+
 
 @dataclass
 class Allowed:
@@ -35,17 +37,13 @@ class Allowed:
 
     @property
     def rows(self) -> torch.Tensor:
-        return torch.repeat_interleave(torch.arange(len(self.counts), device=self.counts.device), self.counts)
+        """The position of each allowed token."""
+        return ragged.segment_ids(self.counts)
 
     def padded(self, logits: torch.Tensor) -> torch.Tensor:
         """(T, max count) matrix of the allowed logits, -inf where a position has fewer."""
         rows = self.rows
-        starts = torch.cumsum(self.counts, 0) - self.counts
-        cols = torch.arange(len(self.tokens), device=logits.device) - starts[rows]
-        out = torch.full((len(self.counts), max(int(self.counts.max()), 1)), float("-inf"),
-                         dtype=logits.dtype, device=logits.device)
-        out[rows, cols] = logits[rows, self.tokens]
-        return out
+        return ragged.padded(logits[rows, self.tokens], self.counts, float("-inf"), ids=rows, min_width=1)
 
 
 def check_inputs(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed | None) -> None:
