@@ -160,7 +160,7 @@ def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "num_beams (B) must be >= 1"),
+    ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "loss.bear.num_beams must be >= 1"),
     ("loss.pref.beta=0", "loss.pref.beta must be > 0"), ("loss.pref.num_negatives=0", "num_negatives must be >= 1"),
     ("loss.bear.xi=0", "xi must be > 0"), ("train.epochs=0", "train.epochs must be >= 1"),
     ("model.lora.enabled=true", "trained from scratch"),
