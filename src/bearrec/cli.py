@@ -12,47 +12,13 @@ import sys
 from pathlib import Path
 
 from bearrec.errors import BearrecError, ConfigError
-
-
-def config_flag(p, flag: str, key: str, help: str | None = None) -> None:
-    """`flag` sets the config setting `key`: its type, choices, default and help are the setting's
-    declaration (`bearrec.sections`); a flag not given leaves the config's value."""
-    import typing
-
-    from bearrec.config import declared
-
-    tp, default, text = declared(key)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    tp = args[0] if typing.get_origin(tp) is not typing.Literal and args else tp
-    dest = flag.lstrip("-").replace("-", "_")
-    shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
-    kwargs = {"dest": dest, "default": None, "help": f"{help or text} ({key}; default: the config's value, else {shown})"}
-    if tp is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif typing.get_origin(tp) is typing.Literal:
-        kwargs["choices"] = typing.get_args(tp)
-    else:
-        kwargs["type"] = tp
-    p.add_argument(flag, **kwargs)
-    keys = dict(p.get_default("config_flags") or {})
-    keys[dest] = key
-    p.set_defaults(config_flags=keys)
-
-
-def _overrides(args) -> list[str]:
-    """KEY=VALUE overrides from the positional list, then from the config flags that were given."""
-    out = list(getattr(args, "overrides", None) or [])
-    for dest, key in (getattr(args, "config_flags", None) or {}).items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return out
+from bearrec.flags import data_flags, decoding_suffix, inference_flags, inference_setup, overrides_of
 
 
 def _data_config(args):
     from bearrec.config import load_config
 
-    return load_config(args.config, _overrides(args))
+    return load_config(args.config, overrides_of(args))
 
 
 def _print_statistics(stats: dict) -> None:
@@ -103,25 +69,10 @@ def cmd_data_download(args) -> int:
     return 0
 
 
-def _inference_setup(args, check=None):
-    """(config, dataset, recommender) for --model DIR_OR_RUN (`bearrec.runs.load_run`) with the
-    decoding and data flags as overrides. `check(cfg, dataset)` runs before the model is loaded."""
-    from bearrec.runs import load_run
-
-    overrides = _overrides(args)
-    from bearrec.config import PRESETS
-
-    for key, value in PRESETS.get(getattr(args, "decoding", None), {}).items():  # a preset sets its values
-        if getattr(args, key, None) is None:
-            overrides.append(f"decode.{key}={value}")
-    loaded = load_run(args.model, args.config, overrides, check)
-    return loaded.cfg, loaded.dataset, loaded.recommender
-
-
 def cmd_evaluate(args) -> int:
     from bearrec.evaluation import evaluate, format_table, seeded_subset, write_outputs
 
-    cfg, dataset, recommender = _inference_setup(args)
+    cfg, dataset, recommender = inference_setup(args)
     examples = dataset.split(args.split)
     indices = seeded_subset(len(examples), args.limit)
     preds, metrics = evaluate(recommender, examples, indices)
@@ -130,7 +81,7 @@ def cmd_evaluate(args) -> int:
 
     state = distributed_state()
     if state.is_main_process:
-        suffix = _decoding_suffix(args)
+        suffix = decoding_suffix(args)
         out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
                                 if (Path(args.model) / "config.yaml").exists()
                                 else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
@@ -138,21 +89,6 @@ def cmd_evaluate(args) -> int:
         print(format_table(metrics))
         print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
     return 0
-
-
-def _decoding_suffix(args) -> str:
-    """A default output folder never overwrites a run's own evaluation with other decode settings:
-    each decode flag given adds to the name (eval-test-d3, eval-test-ghost0.99, eval-test-b20, ...)."""
-    parts = ["d3"] if args.decoding == "d3" else []
-    if args.length_penalty is not None and args.decoding != "d3":
-        parts.append(f"lp{args.length_penalty:g}")
-    if args.ghost_threshold is not None:
-        parts.append(f"ghost{args.ghost_threshold:g}")
-    if args.num_beams is not None:
-        parts.append(f"b{args.num_beams}")
-    if args.constrained_softmax is not None:
-        parts.append("cs" if args.constrained_softmax else "nocs")
-    return "".join(f"-{p}" for p in parts)
 
 
 def cmd_recommend(args) -> int:
@@ -172,7 +108,7 @@ def cmd_recommend(args) -> int:
         if args.k > cfg.decode.num_beams:
             raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
 
-    cfg, dataset, recommender = _inference_setup(args, check)
+    cfg, dataset, recommender = inference_setup(args, check)
     (rec,) = recommender.recommend([history])
     rows = [{"rank": r, "items": list(rec.items[r]), "title": rec.titles[r], "score": rec.scores[r]}
             for r in range(min(args.k, len(rec.titles)))]
@@ -203,7 +139,7 @@ def cmd_serve(args) -> int:
                               f"{cfg.decode.batch_size}")
 
     def load(checked):
-        cfg, dataset, recommender = _inference_setup(args, lambda cfg, dataset: (check(cfg, dataset), checked()))
+        cfg, dataset, recommender = inference_setup(args, lambda cfg, dataset: (check(cfg, dataset), checked()))
         return served_model(args.model, cfg, dataset, recommender)
 
     return run_server(settings, load)
@@ -250,7 +186,7 @@ def cmd_analyze_pruning(args) -> int:
     results, ks = {}, None
     for model, label in zip(args.model, run_labels(args.model)):
         args_one = argparse.Namespace(**{**vars(args), "model": model})
-        cfg, dataset, recommender = _inference_setup(args_one)
+        cfg, dataset, recommender = inference_setup(args_one)
         ks = ks or tuple(cfg.analysis.ks)  # the first run's analysis.ks (or the config's) for every run
         examples = dataset.split(args.split)
         indices = seeded_subset(len(examples), args.limit)
@@ -333,15 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect, prepare and download datasets").add_subparsers(
         dest="data_command", required=True)
 
-    def data_flags(p, positional: str | None):
-        if positional:
-            p.add_argument(positional, help="office, book, toy, clothing, movielens-1m, movielens-100k, or a folder")
-            p.set_defaults(config_flags={positional: "data.name"})
-        p.add_argument("--config", help="a YAML config; its data: section is used")
-        for flag in ("data_dir", "train_file", "valid_fraction", "on_empty_title"):
-            config_flag(p, "--" + flag.replace("_", "-"), f"data.{flag}")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.prepare.k_core=10")
-
     p = data.add_parser("inspect", help="statistics of a dataset")
     data_flags(p, "name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -357,21 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["office", "book", "toy", "clothing"])
     p.add_argument("--data-dir", help="destination root (else $BEARREC_DATA_DIR, else the user cache)")
     p.set_defaults(func=cmd_data_download)
-
-    def inference_flags(p, several: bool = False):
-        if several:
-            p.add_argument("--model", required=True, action="append",
-                           help="a run directory or model; repeat it to compare runs side by side")
-        else:
-            p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
-        p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
-        config_flag(p, "--data", "data.name", help="dataset name or folder")
-        config_flag(p, "--data-dir", "data.data_dir")
-        for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax"):
-            config_flag(p, "--" + key.replace("_", "-"), f"decode.{key}")
-        config_flag(p, "--decoding", "decode.preset", help="a decoding recipe the run's settings are read with; "
-                    "d3: no length normalisation (Bao et al. 2024)")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     p = sub.add_parser("evaluate", help="decode a split and compute HR@K / NDCG@K")
     inference_flags(p)
