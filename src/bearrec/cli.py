@@ -238,7 +238,7 @@ def cmd_compare(args) -> int:
             raise BearrecError(f"--pair {pair!r}: expected 'ROW A - ROW B', e.g. --pair 'bear - msl'")
         pairs.append((a.strip(), b.strip()))
     result = compare(args.runs, bootstrap_samples=args.bootstrap, evaluations=tuple(args.eval or ["eval-test"]),
-                     pairs=pairs)
+                     pairs=pairs, references=args.references)
     table = to_markdown(result)
     print(table, end="")
     if args.out:
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="append", metavar="'A - B'",
                    help="also report the NDCG@10 difference of these two rows (labels as printed), e.g. "
                         "--pair 'bear - msl'; the best row - the best other is always reported")
+    p.add_argument("--references", action="store_true",
+                   help="add rows for the runs' reference points (ref-popularity/, ref-zero_shot/: bearrec run's "
+                        "analysis.references) on the same test users")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
