@@ -93,7 +93,7 @@ def identity(data: dict) -> dict:
     loss = out.get("loss") or {}
     method = REGISTRY.get(loss.get("name"))
     if method is not None:
-        for section in ("tau", "bear", "pref"):
+        for section in [f.name for f in dataclasses.fields(LossConfig) if f.name != "name"]:
             if section not in method.sections:
                 loss.pop(section, None)
     for key in NOT_MEASURED:

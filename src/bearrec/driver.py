@@ -25,7 +25,14 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
 
     check_config(cfg)
     run_dir = Path(cfg.output_dir)
+    method = methods.get(cfg.loss.name)
     with claim(run_dir, cfg, force=force) as state:
+        if method.train is not None:  # a conventional reference: no LLM, no trie, no pruning analysis
+            if "train" not in state["done"]:
+                method.train(cfg)
+                mark(run_dir, "train")
+            write_report(cfg, run_dir)
+            return run_dir
         if "train" not in state["done"]:
             train(cfg, resume=True)
             mark(run_dir, "train")
@@ -154,8 +161,8 @@ def _markdown(s: dict, run_dir: Path) -> str:
                  else "no epoch trained in the last process")
         if t["resumed"]:
             speed += f" (resumed: the {t.get('epochs_this_process', 0):g} epoch(s) after the checkpoint)"
-        lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, {speed}",
-                  ""]
+        steps = f"{t['global_steps']} optimiser steps, " if t.get("global_steps") is not None else ""
+        lines += ["## Training", "", f"{t['num_train_examples']} examples, {steps}{speed}", ""]
     p = s["pruning"]
     if p:
         lines += [f"## Pruning ({p['num_users']} test users)", "", "| K | eligible | pruned | PR@K | violating |",

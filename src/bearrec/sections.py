@@ -214,12 +214,31 @@ class PreferenceConfig(Section):
 
 
 @dataclass
+class SasrecConfig(Section):
+    """`loss.name: sasrec` (`bearrec.conventional`): SASRec through cornac, a conventional reference
+    trained on the run's training rows. Defaults: cornac's, except embedding_dim 64 and max_len 10
+    (our histories hold at most 10 items); not tuned."""
+
+    PATH: ClassVar[str] = "loss.sasrec"
+    embedding_dim: int = setting(64, min=1)
+    num_blocks: int = setting(2, min=1)
+    num_heads: int = setting(1, min=1)
+    dropout: float = setting(0.2, min=0.0)
+    max_len: int = setting(10, min=1, help="history items the encoder reads")
+    epochs: int = setting(10, min=1, help="fixed (cornac's default), not chosen on validation")
+    batch_size: int = setting(128, min=1)
+    learning_rate: float = setting(1e-3, above=0.0)
+    n_sample: int = setting(2048, min=0, help="sampled negatives per batch for the cross-entropy")
+
+
+@dataclass
 class LossConfig(Section):
     PATH: ClassVar[str] = "loss"
     name: str = "bear"  # a method of bearrec.methods: sft | msl | bear | beam_sim | dpo | sdpo | sdpo_bear
     tau: float = setting(1.0, above=0.0, help="MSL softmax temperature")
     bear: BearConfig = field(default_factory=BearConfig)
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
+    sasrec: SasrecConfig = field(default_factory=SasrecConfig)
 
     def check_more(self) -> None:
         from bearrec import methods  # the registry names the methods and holds each one's own checks

@@ -53,6 +53,8 @@ class Method:
     describe: Callable[[dict], str] | None = None  # the same -> report.md's loss line; default: name
     num_negatives: Callable[[object], int] | None = None  # preference methods: negatives per example
     short_sets_auto: Callable[[str], str] = lambda form: "trivial"  # `loss.bear.short_sets: auto` by form
+    # not a fine-tuning loss (a conventional reference): trains itself into a run directory, cfg -> None
+    train: Callable[[object], None] | None = None
 
     def row_label(self, loss: dict) -> str:
         return self.label(loss) if self.label else self.name
