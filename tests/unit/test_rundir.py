@@ -118,3 +118,11 @@ def test_the_baselines_sections_leave_the_other_methods_hashes_alone(name):
     changed.loss.cft.alpha, changed.loss.d2lr.beta, changed.loss.igd.beta = 0.5, 0.3, 0.9
     assert config_hash(changed) == config_hash(cfg)
 
+
+def test_a_baseline_reads_only_its_own_section():
+    a, b = Config(), Config()
+    a.loss.name = b.loss.name = "cft"
+    b.loss.bear.lam, b.loss.tau, b.loss.igd.beta = 9.0, 2.0, 0.9
+    assert config_hash(a) == config_hash(b)
+    b.loss.cft.alpha = 0.025
+    assert config_hash(a) != config_hash(b)
