@@ -18,9 +18,10 @@ import yaml
 
 from bearrec.atomic import atomic_write_text
 from bearrec.errors import ConfigError
-from bearrec.sections import (PRESETS, AnalysisConfig, BearConfig, Config, DataConfig, DecodeConfig,  # noqa: F401
-                              LoraConfig, LossConfig, ModelConfig, PreferenceConfig, PrepareConfig, PromptConfig,
-                              Section, TinyModelConfig, TrainConfig, check, setting)
+from bearrec.sections import (PRESETS, AnalysisConfig, BearConfig, CftConfig, Config, D2lrConfig,  # noqa: F401
+                              DataConfig, DecodeConfig, IgdConfig, LoraConfig, LossConfig, ModelConfig,
+                              PreferenceConfig, PrepareConfig, PromptConfig, Section, TinyModelConfig, TrainConfig,
+                              check, setting)
 
 
 # What a config written before a key existed ran with (a missing key is not today's default).

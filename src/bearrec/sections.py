@@ -232,6 +232,46 @@ class SasrecConfig(Section):
 
 
 @dataclass
+class CftConfig(Section):
+    """cft (`bearrec.losses.baselines`): causality-enhanced fine-tuning (Zhang et al., arXiv 2410.22809)."""
+
+    PATH: ClassVar[str] = "loss.cft"
+    alpha: float = setting(0.1, min=0.0, help="weight of the counterfactual term CE(z_h - z_0) (authors' code 0.1; "
+                                              "the IGD authors' re-implementation 0.025)")
+    beta: float = setting(0.25, min=0.0, help="weight of the last response token; weights fall linearly from 1 "
+                                              "(authors' code 0.25; the IGD authors' re-implementation 0.1)")
+
+    def check_more(self) -> None:
+        if self.beta > 1:
+            raise ConfigError(f"loss.cft.beta must be in [0, 1] (weights fall from 1 to beta), got {self.beta}")
+
+
+@dataclass
+class D2lrConfig(Section):
+    """d2lr (reconstructed; `bearrec.losses.baselines`): inverse-propensity weights from the training
+    targets' counts (Lu et al., SIGIR 2025; no public code)."""
+
+    PATH: ClassVar[str] = "loss.d2lr"
+    beta: float = setting(0.1, min=0.0, help="exponent T of the item-level weight (N / n_y) ** T (grid 0.05-0.4; "
+                                             "0 = sft)")
+    alpha: float = setting(0.0, min=0.0, help="share of the token-level weight from trie prefix counts "
+                                              "(unverified reading of the 'dual' part; 0 = item-level only)")
+
+    def check_more(self) -> None:
+        if self.alpha > 1:
+            raise ConfigError(f"loss.d2lr.alpha must be in [0, 1] (a blend of two weights), got {self.alpha}")
+
+
+@dataclass
+class IgdConfig(Section):
+    """igd (`bearrec.losses.baselines`): IGD-Tuning, the training half of IGD (Lin et al., NeurIPS 2025)."""
+
+    PATH: ClassVar[str] = "loss.igd"
+    beta: float = setting(0.2, min=0.0, help="CE weight of tokens with zero information gain (authors: Toys 0.5, "
+                                             "Books 0.1, CDs 0.1, Games 0.2; 1 = sft)")
+
+
+@dataclass
 class LossConfig(Section):
     PATH: ClassVar[str] = "loss"
     name: str = "bear"  # a method of bearrec.methods: sft | msl | bear | beam_sim | dpo | sdpo | sdpo_bear
@@ -239,6 +279,9 @@ class LossConfig(Section):
     bear: BearConfig = field(default_factory=BearConfig)
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
     sasrec: SasrecConfig = field(default_factory=SasrecConfig)
+    cft: CftConfig = field(default_factory=CftConfig)
+    d2lr: D2lrConfig = field(default_factory=D2lrConfig)
+    igd: IgdConfig = field(default_factory=IgdConfig)
 
     def check_more(self) -> None:
         from bearrec import methods  # the registry names the methods and holds each one's own checks

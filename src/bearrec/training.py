@@ -28,7 +28,7 @@ from bearrec.config import Config, check, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
-from bearrec import methods, ragged
+from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
 from bearrec.losses.beam_sim import align_thresholds
@@ -92,14 +92,16 @@ class BatchLoss:
     positives: torch.Tensor  # tokens of positive sequences (preference groups also hold negatives)
 
 
-def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None) -> BatchLoss:
+def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None,
+               target_counts=None) -> BatchLoss:
     """The configured method's loss of one collated batch (consumes `inputs`). A method that needs
     decoder thresholds (beam_sim) first decodes the batch's prompts with `decoder_model` (the
-    unwrapped model; default `model`)."""
+    unwrapped model; default `model`); "plain_prompt" and "target_counts": `bearrec.needs`."""
     method = methods.get(loss_cfg.name)
     rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
     targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
     reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
+    plain = inputs.pop("plain", None)
     thresholds = None
     if "thresholds" in method.needs:
         thresholds = beam_thresholds(decoder_model or model, trie, prompts, loss_cfg.bear, pad_token_id)
@@ -109,7 +111,12 @@ def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_m
     lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
     if thresholds is not None:
         thresholds = align_thresholds(thresholds, lengths).to(logits.device)
-    num, den = method.parts(methods.Batch(logits, targets, allowed, loss_cfg, rows, lengths, thresholds, reference))
+    batch = methods.Batch(logits, targets, allowed, loss_cfg, rows, lengths, thresholds, reference)
+    if plain is not None:  # "plain_prompt": the same response positions after the history-free prompt
+        batch.plain_logits = model(**plain, use_cache=False).logits[rows, cols]
+    if target_counts is not None:
+        batch.nodes, batch.counts = nodes, target_counts
+    num, den = method.parts(batch)
     return BatchLoss(num, den, outputs, logits, targets, allowed, rows % group == 0)
 
 
@@ -128,15 +135,15 @@ def beam_thresholds(model, trie, prompts: list[list[int]], bear_cfg, pad_token_i
 
 
 class BearTrainer(Trainer):
-    def __init__(self, *args, trie=None, loss_cfg=None, **kwargs):
+    def __init__(self, *args, trie=None, loss_cfg=None, target_counts=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.trie, self.loss_cfg = trie, loss_cfg
+        self.trie, self.loss_cfg, self.target_counts = trie, loss_cfg, target_counts
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for accumulation
         self._condition = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = batch_loss(model, inputs, self.trie, self.loss_cfg, self.data_collator.pad_token_id,
-                           decoder_model=self.accelerator.unwrap_model(model))
+                           decoder_model=self.accelerator.unwrap_model(model), target_counts=self.target_counts)
         num, den = batch.num, batch.den
         world = self.accelerator.num_processes
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
@@ -297,7 +304,8 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     encoder, model = build_encoder_and_model(cfg, dataset)
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
-    collator = Collator(encoder.tokenizer.pad_token_id)
+    collator, counts = needs.prepare(methods.get(cfg.loss.name), encoder, train_rows,
+                                     Collator(encoder.tokenizer.pad_token_id))
     if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
@@ -312,7 +320,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
         dataloader_num_workers=0, disable_tqdm=False, logging_nan_inf_filter=False)
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
-                          data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
+                          data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,
                           callbacks=[DivergenceGuard(), *([selection] if selection else [])])
     if selection:
         selection.trainer = trainer

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from bearrec.config import Config, to_dict
+from bearrec.config import Config, identity, to_dict
 from bearrec.rundir import RunDirectoryError, claim, clear_results, config_hash, mark
 from bearrec.training import last_complete_checkpoint
 
@@ -100,4 +100,29 @@ def test_settings_a_method_does_not_read_are_not_part_of_its_identity():
     b.loss.bear.lam, b.loss.bear.short_sets, b.loss.pref.beta = 9.0, "trivial", 3.0
     assert config_hash(a) == config_hash(b)
     b.loss.tau = 2.0  # msl reads tau
+    assert config_hash(a) != config_hash(b)
+
+
+@pytest.mark.parametrize("name", ["sft", "msl", "bear", "beam_sim", "dpo", "sdpo", "sdpo_bear", "sasrec"])
+def test_the_baselines_sections_leave_the_other_methods_hashes_alone(name):
+    """A config.yaml written before loss.cft / d2lr / igd existed is the same experiment today, and
+    their settings are not part of another method's identity."""
+    cfg = Config()
+    cfg.loss.name = name
+    before = to_dict(cfg)
+    for section in ("cft", "d2lr", "igd"):
+        del before["loss"][section]
+    assert identity(before) == identity(to_dict(cfg))
+    changed = Config()
+    changed.loss.name = name
+    changed.loss.cft.alpha, changed.loss.d2lr.beta, changed.loss.igd.beta = 0.5, 0.3, 0.9
+    assert config_hash(changed) == config_hash(cfg)
+
+
+def test_a_baseline_reads_only_its_own_section():
+    a, b = Config(), Config()
+    a.loss.name = b.loss.name = "cft"
+    b.loss.bear.lam, b.loss.tau, b.loss.igd.beta = 9.0, 2.0, 0.9
+    assert config_hash(a) == config_hash(b)
+    b.loss.cft.alpha = 0.025
     assert config_hash(a) != config_hash(b)

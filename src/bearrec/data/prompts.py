@@ -30,6 +30,9 @@ DOMAINS: dict[str, tuple[str, str]] = {
 
 ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further "
                  "context. Write a response that appropriately completes the request. \n\n")
+# Alpaca's "no input" header (CFT's history-free prompt), with BIGRec's space before the blank line as above
+ALPACA_NO_INPUT_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request. \n\n")
 ALPACA_RESPONSE = "### Response:\n"
 COMPACT_RESPONSE = "Next:\n"
 
@@ -82,3 +85,11 @@ class PromptTemplate:
             return (f"{ALPACA_HEADER}### Instruction:\n{self.instruction}\n\n"
                     f"### Input:\n{self.history_prefix}{joined}\n \n\n{ALPACA_RESPONSE}")
         return f"History: {joined}\n{COMPACT_RESPONSE}"
+
+    def render_without_history(self) -> str:
+        """The same request with no history block (CFT's counterfactual prompt): Alpaca's "no input"
+        template, or the compact template without its history line. It ends with the same response
+        header, so a title's ids are the same after it."""
+        if self.template == "alpaca":
+            return f"{ALPACA_NO_INPUT_HEADER}### Instruction:\n{self.instruction}\n\n{ALPACA_RESPONSE}"
+        return COMPACT_RESPONSE
