@@ -29,15 +29,17 @@ candidates become the next beams, and the cache follows them).
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from bearrec import prefix_attention, ragged
-from bearrec.modeling import ModelError, unwrap_peft
+from bearrec import ragged
+from bearrec.feeding import Prefilled
+from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
+
+__all__ = ["Ranked", "Prefilled", "beam_search", "prefix_thresholds", "BthCandidateScores"]
 
 
 @dataclass
@@ -49,100 +51,6 @@ class Ranked:
     nodes: list[int] = field(default_factory=list)  # trie terminals (-> item ids)
 
 
-def _split_model(model):
-    """(backbone, lm_head, full_logits_only) for a causal LM, a peft wrapper included."""
-    base = unwrap_peft(model)
-    cfg = base.config
-    backbone = getattr(base, base.base_model_prefix, None)
-    head = base.get_output_embeddings()
-    special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-    if backbone is None or head is None or special or not isinstance(head, torch.nn.Linear):
-        return base, None, True
-    return backbone, head, False
-
-
-class _Scorer:
-    """Last-position hidden states -> log-probabilities of the trie children of each beam."""
-
-    def __init__(self, model, constrained_softmax: bool):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.backbone, self.head, self.full_only = _split_model(model)
-        self.constrained = constrained_softmax
-
-    def forward(self, input_ids, attention_mask, position_ids, cache):
-        input_ids, attention_mask, position_ids = (t.to(self.device) for t in (input_ids, attention_mask, position_ids))
-        if self.full_only:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float(), out.cache
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.cache
-
-    def child_log_probs(self, state: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor,
-                        counts: torch.Tensor) -> torch.Tensor:
-        """`state`: hidden states (or full logits); children flat (row, token). Returns float32 log-probs
-        on the CPU, where the beam bookkeeping lives."""
-        rows, toks, counts = rows.to(self.device), toks.to(self.device), counts.to(self.device)
-        return self._child_log_probs(state, rows, toks, counts).cpu()
-
-    def _child_log_probs(self, state, rows, toks, counts):
-        if self.full_only or not self.constrained:
-            logits = state.float() if self.full_only else self.head(state).float()
-            if self.constrained:
-                return ragged.segment_log_softmax(logits[rows, toks], counts, rows)
-            return logits.log_softmax(-1)[rows, toks]
-        uniq, inverse = torch.unique(toks, return_inverse=True)
-        weight = self.head.weight[uniq]
-        sub = state @ weight.T
-        if self.head.bias is not None:
-            sub = sub + self.head.bias[uniq]
-        return ragged.segment_log_softmax(sub.float()[rows, inverse], counts, rows)
-
-
-class Prefilled:
-    """The prefill stage: prompts run once (left padding) and the cache their continuations extend,
-    the shared-prefix cache where the architecture allows, else Hugging Face's. `state` holds the
-    last-position states of the current rows (one per prompt after the prefill); `advance` feeds
-    one token to each row of the next step, rows first reordered from their parents."""
-
-    def __init__(self, model, prompts: list[list[int]], constrained_softmax: bool, pad_token_id: int,
-                 shared_prefix: bool | None):
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        self.model, self.scorer = model, _Scorer(model, constrained_softmax)
-        input_ids, self.prompt_mask = ragged.pad_sequences(prompts, pad_token_id)
-        self.prompt_len = self.prompt_mask.sum(1)
-        positions = ragged.position_ids(self.prompt_mask)
-        self.state, self.cache = self.scorer.forward(input_ids, self.prompt_mask, positions, None)
-        self.shared = prefix_attention.supports(model) if shared_prefix is None else shared_prefix
-        if self.shared:
-            self.cache = prefix_attention.SharedPrefixCache(self.cache, self.prompt_mask)
-
-    def attention(self):
-        """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""
-        return prefix_attention.active(self.model, self.cache) if self.shared else nullcontext()
-
-    def child_log_probs(self, rows: torch.Tensor, toks: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (float32, CPU) of the children `toks` of the current rows: ragged, row
-        `rows[i]` for child i, `counts` children per row."""
-        return self.scorer.child_log_probs(self.state, rows, toks, counts)
-
-    def advance(self, parent: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
-        """Rows `parent` (of the previous rows) each take `tokens`; `step` tokens generated so far,
-        this one included. Returns the new last-position states."""
-        self.cache.reorder_cache(parent)
-        if self.shared:
-            self.cache.set_beams(row_prompt)
-            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
-        else:
-            attn = torch.cat([self.prompt_mask[row_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
-        pos = (self.prompt_len[row_prompt] + step - 1)[:, None]
-        self.state, self.cache = self.scorer.forward(tokens[:, None], attn, pos, self.cache)
-        return self.state
-
-
 # An `on_select` hook: called once per step with each prompt's top candidate scores (prompts x k,
 # best first, -inf where a prompt has fewer than k) and which prompts are still searching.
 SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
@@ -151,25 +59,28 @@ SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
-                shared_prefix: bool | None = None, ghost_threshold: float | None = None) -> list[Ranked]:
+                shared_prefix: bool | None = None, ghost_threshold: float | None = None,
+                forced_chains: bool = True) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
     the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
     ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
-    (None: every token counts, Hugging Face's rule)."""
+    (None: every token counts, Hugging Face's rule). `forced_chains`: False feeds every beam every
+    step (the reference schedule, for tests and benchmarks; same results to float rounding)."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode(run, trie, num_beams, length_penalty, ghost_threshold)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains)
 
 
 @torch.no_grad()
 def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
-                      constrained_softmax: bool = True, pad_token_id: int = 0) -> list[list[float]]:
+                      constrained_softmax: bool = True, pad_token_id: int = 0,
+                      forced_chains: bool = True) -> list[list[float]]:
     """Per prompt, per step t = 1, 2, ...: the prefix log-probability of the candidate ranked B-th
     at step t of the beam search (the score a length-t prefix must reach to stay in the top B);
     -inf where fewer than B candidates exist. A prompt's list ends when its search stops. Used by
@@ -177,7 +88,7 @@ def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beam
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
     recorder = BthCandidateScores(len(prompts), num_beams)
     with run.attention():
-        _decode(run, trie, num_beams, 1.0, on_select=recorder)
+        _decode(run, trie, num_beams, 1.0, on_select=recorder, forced_chains=forced_chains)
     return recorder.per_prompt
 
 
@@ -206,12 +117,15 @@ class _Beams:
     score: torch.Tensor  # (M,) sum of token log-probs
     tokens: torch.Tensor  # (M, steps) generated token ids
     length: torch.Tensor  # (M,) the length that normalises: all tokens, or the non-ghost ones
+    row: torch.Tensor  # (M,) its row in the model's cache (rows are gathered when the model is next run)
+    fed: torch.Tensor  # (M,) how many of its tokens the cache holds (the rest wait for a forward)
 
     @classmethod
     def start(cls, num_prompts: int) -> "_Beams":
         """One empty beam per prompt, at the trie root."""
-        return cls(torch.arange(num_prompts), torch.zeros(num_prompts, dtype=torch.long), torch.zeros(num_prompts),
-                   torch.zeros((num_prompts, 0), dtype=torch.long), torch.zeros(num_prompts))
+        n, long = num_prompts, dict(dtype=torch.long)
+        return cls(torch.arange(n), torch.zeros(n, **long), torch.zeros(n), torch.zeros((n, 0), **long), torch.zeros(n),
+                   torch.arange(n), torch.zeros(n, **long))
 
 
 @dataclass
@@ -262,30 +176,42 @@ class _Hypotheses:
 
 
 def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
-            on_select: SelectHook | None = None) -> list[Ranked]:
+            on_select: SelectHook | None = None, forced_chains: bool = True) -> list[Ranked]:
     """The beam search over prefilled prompts (runs inside `run.attention()`)."""
     n = len(run.prompt_len)
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
+    lazy = forced_chains and run.scorer.constrained and run.shared
     while len(beams.prompt):
-        candidates = _score_children(run, trie, beams, log_ghost)
+        candidates = _score_children(run, trie, beams, log_ghost, lazy)
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)
         running = _finish(top, candidates, beams, hypotheses, trie.eos_token_id, length_penalty)
         if not bool(running.any()):
             break
-        beams, parent = _reorder(top, running, candidates, beams)
-        run.advance(parent, beams.prompt, beams.tokens[:, -1], beams.tokens.shape[1])  # cache rows follow the beams
+        beams = _reorder(top, running, candidates, beams)
     return hypotheses.ranked()
 
 
-def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None) -> _Candidates:
+def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None,
+                    lazy: bool) -> _Candidates:
     """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
-    (under the constrained or the full softmax) and its normalising length."""
+    (under the constrained or the full softmax) and its normalising length. `lazy`: a beam with one
+    child scores it log 1 = 0 (what the constrained softmax gives it) unfed; only the beams with
+    several children are fed their waiting tokens and run through the model."""
     counts, toks, children = trie.children(beams.node)
     rows = ragged.segment_ids(counts)
-    step_lp = run.child_log_probs(rows, toks, counts)
+    needs = counts >= 2 if lazy else torch.ones(len(counts), dtype=torch.bool)
+    need = needs.nonzero()[:, 0]
+    step_lp = torch.zeros(len(toks))
+    if len(need):
+        steps = beams.tokens.shape[1]
+        states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
+        beams.row, beams.fed[need] = torch.arange(len(counts)), steps
+        scored = needs[rows]
+        place = needs.cumsum(0) - 1  # each needing beam's row among the states
+        step_lp[scored] = run.scorer.child_log_probs(states, place[rows[scored]], toks[scored], counts[need])
     if bool(torch.isnan(step_lp).any()):
         raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
                          "training run?): nothing can be ranked")
@@ -325,11 +251,12 @@ def _finish(top: _Top, candidates: _Candidates, beams: _Beams, hypotheses: _Hypo
     return running & ~hypotheses.done[:, None]
 
 
-def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> tuple[_Beams, torch.Tensor]:
+def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> _Beams:
     """Reorder stage: the continuing candidates become the next beams (grouped by prompt, in rank
-    order). Returns them and each one's parent row, which the cache rows must follow."""
+    order); each keeps its parent's cache row (the cache follows at the next forward)."""
     sel_p, sel_j = running.nonzero(as_tuple=True)
     cand = top.index[sel_p, sel_j]
     parent = candidates.beam[cand]
     tokens = torch.cat([beams.tokens[parent], candidates.token[cand][:, None]], dim=1)
-    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand]), parent
+    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand],
+                  beams.row[parent], beams.fed[parent])
