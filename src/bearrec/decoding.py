@@ -60,21 +60,22 @@ SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
                 shared_prefix: bool | None = None, ghost_threshold: float | None = None,
-                forced_chains: bool = True) -> list[Ranked]:
+                forced_chains: bool = True, stats: "DecodeStats | None" = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
     the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
     ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
     (None: every token counts, Hugging Face's rule). `forced_chains`: False feeds every beam every
-    step (the reference schedule, for tests and benchmarks; same results to float rounding)."""
+    step (the reference schedule, for tests and benchmarks; same results to float rounding).
+    `stats`: filled with step and forward counts."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats)
 
 
 @torch.no_grad()
@@ -105,6 +106,24 @@ class BthCandidateScores:
         bth = top_scores[:, B - 1] if top_scores.shape[1] >= B else torch.full((len(top_scores),), float("-inf"))
         for p in searching.nonzero()[:, 0].tolist():
             self.per_prompt[p].append(float(bth[p]))
+
+
+@dataclass
+class DecodeStats:
+    """Counts of one or more searches (`beam_search(stats=...)` adds to them)."""
+
+    steps: int = 0  # decoding steps (each ranks every live beam's trie children)
+    all_forced_steps: int = 0  # steps where every live beam of every prompt had exactly one child
+    beam_steps: int = 0  # live beams summed over steps
+    forced_beam_steps: int = 0  # of them, at a node with one child
+    forwards: int = 0  # model forwards after the prefill
+    tokens_fed: int = 0  # generated tokens those forwards fed
+
+    def count(self, counts: torch.Tensor) -> None:
+        forced = int((counts == 1).sum())
+        self.steps, self.beam_steps, self.forced_beam_steps = self.steps + 1, self.beam_steps + len(counts), \
+            self.forced_beam_steps + forced
+        self.all_forced_steps += forced == len(counts)
 
 
 # ---- the search, stage by stage ----------------------------------------------------------------
@@ -176,14 +195,15 @@ class _Hypotheses:
 
 
 def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
-            on_select: SelectHook | None = None, forced_chains: bool = True) -> list[Ranked]:
+            on_select: SelectHook | None = None, forced_chains: bool = True,
+            stats: DecodeStats | None = None) -> list[Ranked]:
     """The beam search over prefilled prompts (runs inside `run.attention()`)."""
     n = len(run.prompt_len)
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
     lazy = forced_chains and run.scorer.constrained and run.shared
     while len(beams.prompt):
-        candidates = _score_children(run, trie, beams, log_ghost, lazy)
+        candidates = _score_children(run, trie, beams, log_ghost, lazy, stats)
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)
@@ -195,7 +215,7 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
 
 
 def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None,
-                    lazy: bool) -> _Candidates:
+                    lazy: bool, stats: DecodeStats | None = None) -> _Candidates:
     """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
     (under the constrained or the full softmax) and its normalising length. `lazy`: a beam with one
     child scores it log 1 = 0 (what the constrained softmax gives it) unfed; only the beams with
@@ -205,8 +225,12 @@ def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: f
     needs = counts >= 2 if lazy else torch.ones(len(counts), dtype=torch.bool)
     need = needs.nonzero()[:, 0]
     step_lp = torch.zeros(len(toks))
+    steps = beams.tokens.shape[1]
+    if stats is not None:
+        stats.count(counts)
+        if len(need) and steps:
+            stats.forwards, stats.tokens_fed = stats.forwards + 1, stats.tokens_fed + int((steps - beams.fed[need]).sum())
     if len(need):
-        steps = beams.tokens.shape[1]
         states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
         beams.row, beams.fed[need] = torch.arange(len(counts)), steps
         scored = needs[rows]

@@ -100,12 +100,9 @@ class SharedPrefixCache:
         """Store rows become the rows `index` (host long tensor) of the current ones."""
         self.user, self.length = self.user[index], self.length[index]
         if self.gen_k[0] is not None:
-            index = index.to(self.gen_k[0].device)
+            (index,) = to_device(self.gen_k[0].device, index)
             self.gen_k = [k.index_select(0, index) for k in self.gen_k]
             self.gen_v = [v.index_select(0, index) for v in self.gen_v]
-
-    def reorder_cache(self, index: torch.Tensor) -> None:  # Hugging Face's name
-        self.reorder(index.cpu())
 
     def plan(self, rows: torch.Tensor, counts: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Lay out the next forward: `counts[i]` tokens for row `rows[i]` (host tensors, rows
