@@ -15,15 +15,29 @@ length_penalty=lp, prefix_allowed_tokens_fn=<trie>, renormalize_logits=constrain
 Hugging Face pads the first step with B-1 copies of the prompt scored -1e9; they can never outrank
 a real hypothesis, so they are simply absent here: only real catalogue titles come back, distinct.
 
-Speed, without changing results: each prompt is prefilled once (not B times) and its KV cache is
-gathered to its live beams only; allowed tokens come from the trie arrays for all beams at once;
-under `constrained_softmax` the LM head is computed only for the tokens some beam may emit.
+Speed, without changing results (`bearrec.feeding`, `bearrec.chains`): each prompt is prefilled
+once (not B times), the batch's common prefix (the template) once for all; a beam's generated
+tokens are kept apart from its prompt's KV (`bearrec.prefix_attention`); allowed tokens come from
+the trie arrays for all beams at once; under `constrained_softmax` the LM head is computed only for
+the tokens some beam may emit, and a beam at a trie node with one child is scored log 1 = 0 without
+the model and fed its waiting tokens in one forward when it next branches; under the full softmax a
+run of steps where every beam's next token is forced is computed in one forward. Results equal the
+one-step-at-a-time schedule (`forced_chains=False`) to float rounding (chunked forwards sum in
+another order: scores agree to ~1e-6, tested to 1e-5).
 
-The search reads top to bottom in `_decode`: `Prefilled` (prefill each prompt once), then per step
-`_score_children` (every live beam's trie children and their scores), `_select` (each prompt's top
-2B candidates; an `on_select` hook may observe them, as `prefix_thresholds` does), `_finish` (EOS
-candidates become hypotheses; prompts that cannot improve stop) and `_reorder` (the continuing
-candidates become the next beams, and the cache follows them).
+The search reads top to bottom in `_decode`: `Prefilled` (prefill the prompts), then per step
+`_score_children` (every live beam's trie children and their scores; the model runs only where
+needed), `_select` (each prompt's top 2B candidates; an `on_select` hook may observe them, as
+`prefix_thresholds` does), `_finish` (EOS candidates become hypotheses; prompts that cannot improve
+stop) and `_reorder` (the continuing candidates become the next beams; the cache follows them at the
+next forward).
+
+Host synchronisations per step (shared-prefix cache; the bookkeeping above is all on the host):
+none at a step where no beam needs the model (every beam at a one-child node under the constrained
+softmax, or inside a forced chain under the full one); one where the model runs: the copy of the
+children's log-probabilities to the host. The index tensors go to the device in pinned,
+non-blocking copies; the attention kernel has no data-dependent shapes. With Hugging Face's cache
+(architectures `prefix_attention` does not support) every step runs the model and its mask code.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from typing import Callable
 
 import torch
 
-from bearrec import ragged
+from bearrec import chains, ragged
 from bearrec.feeding import Prefilled
 from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
@@ -138,13 +152,14 @@ class _Beams:
     length: torch.Tensor  # (M,) the length that normalises: all tokens, or the non-ghost ones
     row: torch.Tensor  # (M,) its row in the model's cache (rows are gathered when the model is next run)
     fed: torch.Tensor  # (M,) how many of its tokens the cache holds (the rest wait for a forward)
+    ahead: torch.Tensor  # (M, j) log-probs of its next j forced tokens, computed in a chain's forward
 
     @classmethod
     def start(cls, num_prompts: int) -> "_Beams":
         """One empty beam per prompt, at the trie root."""
         n, long = num_prompts, dict(dtype=torch.long)
         return cls(torch.arange(n), torch.zeros(n, **long), torch.zeros(n), torch.zeros((n, 0), **long), torch.zeros(n),
-                   torch.arange(n), torch.zeros(n, **long))
+                   torch.arange(n), torch.zeros(n, **long), torch.zeros((n, 0)))
 
 
 @dataclass
@@ -202,8 +217,9 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
     lazy = forced_chains and run.scorer.constrained and run.shared
+    chain = forced_chains and not run.scorer.constrained and run.shared
     while len(beams.prompt):
-        candidates = _score_children(run, trie, beams, log_ghost, lazy, stats)
+        candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats)
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)
@@ -214,33 +230,61 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
     return hypotheses.ranked()
 
 
-def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None,
-                    lazy: bool, stats: DecodeStats | None = None) -> _Candidates:
+def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None, lazy: bool,
+                    chain: bool, stats: DecodeStats | None = None) -> _Candidates:
     """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
-    (under the constrained or the full softmax) and its normalising length. `lazy`: a beam with one
-    child scores it log 1 = 0 (what the constrained softmax gives it) unfed; only the beams with
-    several children are fed their waiting tokens and run through the model."""
+    (under the constrained or the full softmax) and its normalising length. Which beams the model
+    runs on, and when, is `bearrec.chains`'s: `lazy` (constrained softmax) scores a one-child node
+    log 1 = 0 unfed; `chain` (full softmax) computes a run of all-forced steps in one forward."""
     counts, toks, children = trie.children(beams.node)
     rows = ragged.segment_ids(counts)
-    needs = counts >= 2 if lazy else torch.ones(len(counts), dtype=torch.bool)
-    need = needs.nonzero()[:, 0]
-    step_lp = torch.zeros(len(toks))
-    steps = beams.tokens.shape[1]
     if stats is not None:
         stats.count(counts)
-        if len(need) and steps:
-            stats.forwards, stats.tokens_fed = stats.forwards + 1, stats.tokens_fed + int((steps - beams.fed[need]).sum())
-    if len(need):
-        states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
-        beams.row, beams.fed[need] = torch.arange(len(counts)), steps
-        scored = needs[rows]
-        place = needs.cumsum(0) - 1  # each needing beam's row among the states
-        step_lp[scored] = run.scorer.child_log_probs(states, place[rows[scored]], toks[scored], counts[need])
+    step_lp = _model_log_probs(run, trie, beams, counts, rows, toks, lazy, chain, stats)
     if bool(torch.isnan(step_lp).any()):
         raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
                          "training run?): nothing can be ranked")
     length = beams.length[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
     return _Candidates(rows, beams.prompt[rows], toks, children, beams.score[rows] + step_lp, length)
+
+
+def _model_log_probs(run: Prefilled, trie: TitleTrie, beams: _Beams, counts, rows, toks, lazy: bool, chain: bool,
+                     stats: DecodeStats | None) -> torch.Tensor:
+    """Log-probs of the children: from a running chain, or fed beams' states (0 for the others)."""
+    steps = beams.tokens.shape[1]
+    if beams.ahead.shape[1]:  # inside a chain: every beam has one child, its log-prob computed
+        step_lp, beams.ahead = beams.ahead[:, 0], beams.ahead[:, 1:]
+        return step_lp
+    forced = chains.plan(trie, beams.node, counts) if chain and steps else None
+    if forced is not None:  # every beam feeds its waiting token and the next k - 1 forced ones
+        m, k = forced.shape
+        need = torch.arange(m)
+        states = run.feed(beams.row, beams.prompt, torch.cat([beams.tokens, forced[:, :-1]], 1), beams.fed, need,
+                          steps + k - 1, keep=k).view(m, k, -1)
+        _count_feed(stats, steps + k - 1 - beams.fed)
+        beams.row, beams.fed = need, torch.full((m,), steps + k - 1)
+        one = torch.ones(m, dtype=torch.long)
+        ahead = torch.stack([run.scorer.child_log_probs(states[:, j], need, forced[:, j], one, host=False)
+                             for j in range(k)], dim=1).cpu()  # one copy to the host for the k steps
+        beams.ahead = ahead[:, 1:]
+        return ahead[:, 0]
+    needs = chains.needs_state(counts, lazy)
+    need = needs.nonzero()[:, 0]
+    step_lp = torch.zeros(len(toks))
+    if len(need):
+        states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
+        if steps:
+            _count_feed(stats, steps - beams.fed[need])
+        beams.row, beams.fed[need] = torch.arange(len(counts)), steps
+        scored = needs[rows]
+        place = needs.cumsum(0) - 1  # each needing beam's row among the states
+        step_lp[scored] = run.scorer.child_log_probs(states, place[rows[scored]], toks[scored], counts[need])
+    return step_lp
+
+
+def _count_feed(stats: DecodeStats | None, tokens: torch.Tensor) -> None:
+    if stats is not None:
+        stats.forwards, stats.tokens_fed = stats.forwards + 1, stats.tokens_fed + int(tokens.sum())
 
 
 def _select(candidates: _Candidates, n: int, B: int) -> _Top:
@@ -283,4 +327,4 @@ def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _
     parent = candidates.beam[cand]
     tokens = torch.cat([beams.tokens[parent], candidates.token[cand][:, None]], dim=1)
     return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand],
-                  beams.row[parent], beams.fed[parent])
+                  beams.row[parent], beams.fed[parent], beams.ahead[parent])

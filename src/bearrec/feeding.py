@@ -58,25 +58,30 @@ class _Scorer:
         return (hidden[:, -1] if keep is None else hidden[0, keep]), out.cache
 
     def child_log_probs(self, state: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor,
-                        counts: torch.Tensor) -> torch.Tensor:
+                        counts: torch.Tensor, host: bool = True) -> torch.Tensor:
         """`state`: hidden states (or full logits) of the rows; children flat (row, token), host
-        tensors. Returns float32 log-probs on the host, where the beam bookkeeping lives."""
+        tensors. Returns float32 log-probs on the host, where the beam bookkeeping lives (`host`
+        False: on the device, for a caller that copies several at once)."""
         if len(toks) == 0:
             return torch.zeros(0)
+        out = self._child_log_probs(state, rows, toks, counts)
+        return out.cpu() if host else out
+
+    def _child_log_probs(self, state, rows, toks, counts):
         width = ragged.padded_width(counts)
         offsets = ragged.segment_offsets(counts, rows)
         if self.full_only or not self.constrained:
             rows_d, toks_d, offsets_d = to_device(self.device, rows, toks, offsets)
             logits = state.float() if self.full_only else self.head(state).float()
             if self.constrained:
-                return _segment_log_softmax(logits[rows_d, toks_d], rows_d, offsets_d, len(counts), width).cpu()
-            return logits.log_softmax(-1)[rows_d, toks_d].cpu()
+                return _segment_log_softmax(logits[rows_d, toks_d], rows_d, offsets_d, len(counts), width)
+            return logits.log_softmax(-1)[rows_d, toks_d]
         uniq, inverse = torch.unique(toks, return_inverse=True)  # on the host
         rows_d, uniq_d, inverse_d, offsets_d = to_device(self.device, rows, uniq, inverse, offsets)
         sub = state @ self.head.weight[uniq_d].T
         if self.head.bias is not None:
             sub = sub + self.head.bias[uniq_d]
-        return _segment_log_softmax(sub.float()[rows_d, inverse_d], rows_d, offsets_d, len(counts), width).cpu()
+        return _segment_log_softmax(sub.float()[rows_d, inverse_d], rows_d, offsets_d, len(counts), width)
 
 
 def _segment_log_softmax(values, ids, offsets, num_segments: int, width: int) -> torch.Tensor:
@@ -143,9 +148,9 @@ class Prefilled:
         self.prompt_len = common + rest
         self.state = states
 
-    def _feed_packed(self, rows, counts, tokens, positions) -> torch.Tensor:
-        """Forward the planned feed; the states of each fed row's last token."""
-        last = ragged.segment_starts(counts) + counts - 1
+    def _feed_packed(self, rows, counts, tokens, positions, keep: int = 1) -> torch.Tensor:
+        """Forward the planned feed; the states of each fed row's last `keep` tokens (row-major)."""
+        last = ((ragged.segment_starts(counts) + counts - keep)[:, None] + torch.arange(keep)).reshape(-1)
         ids, pos, keep = to_device(self.device, tokens[None], positions[None], last)
         attn = torch.zeros((1, 1, 1, 1), device=self.device)  # 4-D: the model skips mask building; unused
         with prefix_attention.active(self.model, self.cache):
@@ -168,11 +173,11 @@ class Prefilled:
         return self.feed(parent, row_prompt, tokens[:, None], torch.full((len(parent),), step - 1), all_rows, step)
 
     def feed(self, row: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, fed: torch.Tensor,
-             need: torch.Tensor, steps: int) -> torch.Tensor:
+             need: torch.Tensor, steps: int, keep: int = 1) -> torch.Tensor:
         """Beams in cache rows `row` (host, of the current rows; the cache follows them, they become
-        rows 0..M-1); beam i has `fed[i]` of its tokens `tokens[i, :steps]` in the cache (the rest
-        are its last `steps - fed[i]` tokens of `tokens`, which holds the last columns). The beams
-        `need` (ascending) are fed the rest; returns their states (device)."""
+        rows 0..M-1); beam i has `fed[i]` of its first `steps` tokens in the cache (`tokens` holds
+        the last columns of those). The beams `need` (ascending) are fed the rest; returns their
+        states (device), with `keep` > 1 (shared cache only) those of their last `keep` tokens."""
         if steps == 0:
             self.state = self.state[to_device(self.device, row[need])[0]]
             return self.state
@@ -188,5 +193,5 @@ class Prefilled:
         cols = self.cache.plan(need, counts, self.device)
         slot = ragged.segment_ids(counts)
         flat = tokens[need[slot], tokens.shape[1] - steps + cols]
-        self.state = self._feed_packed(need, counts, flat, self.prompt_len[row_prompt[need][slot]] + cols)
+        self.state = self._feed_packed(need, counts, flat, self.prompt_len[row_prompt[need][slot]] + cols, keep)
         return self.state

@@ -11,7 +11,7 @@ feeds any rows any number of new tokens (`Feed`): the tokens are packed into one
 no padding, so the projections and MLPs see only real tokens) and each attends to its user's prompt,
 its row's stored tokens and the new tokens of its row up to itself. That lets the decoder feed a
 beam several tokens at once (a forced chain, `bearrec.chains`) and leave beams that need no
-scores unfed, and lets the prefill compute the prompts' common prefix once (`prefill_packed`).
+scores unfed, and lets the prefill compute the prompts' common prefix once (`bearrec.feeding`).
 
 Host synchronisation: the layout of a feed is computed on the host, where the decoder's beams
 are, and reaches the device in one pinned non-blocking copy (`to_device`); the kernel itself has no
