@@ -10,7 +10,8 @@ float rounding (the model sees the same tokens, only in chunks of several, which
    scored without its state (`needs_state`), so it is not fed: its waiting tokens enter the cache
    in one multi-token forward when it next sits at a node with several children, and never if it
    finishes (a forced EOS) or drops out first. Every step's candidates, scores and lengths are
-   bit-identical to the one-step search's given the same states.
+   bit-identical to the one-step search's given the same states. (A NaN the model would give
+   only at forced tokens goes unseen; NaN weights are still refused at the first step.)
 2. Whole-vocabulary softmax: each forced token costs the model's log p. At a step where every live
    beam of every prompt sits at a one-child node, a prompt's candidates are its <= B beams' only
    children, all inside its top 2B, so each beam either takes its forced child or leaves with its

@@ -53,7 +53,7 @@ from bearrec.feeding import Prefilled
 from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
 
-__all__ = ["Ranked", "Prefilled", "beam_search", "prefix_thresholds", "BthCandidateScores"]
+__all__ = ["Ranked", "Prefilled", "DecodeStats", "beam_search", "prefix_thresholds", "BthCandidateScores"]
 
 
 @dataclass
