@@ -12,7 +12,7 @@ per-batch ratios (baseline time / ours) and the ratio of the totals; `--referenc
 decoder without forced chains (`forced_chains=False`: every beam fed every step). The decoder's
 counts (steps where every beam sat at a one-child trie node, forwards, tokens fed) come from
 `DecodeStats`. One line per setting and B: `RESULT decode_speedup_b<B>_<setting> <median ratio>`.
-The defaults took 13 minutes on one thread of a loaded 2-core machine (2026-11-30), nearly all of
+The defaults took 10 minutes on one thread of a loaded 2-core machine (2026-11-30), nearly all of
 it `generate`; `--settings` and the user counts shorten it.
 
     python benchmarks/decode.py [--settings a,b,c] [--users-a 40] [--users-b 16] [--users-c 8]
