@@ -15,29 +15,45 @@ length_penalty=lp, prefix_allowed_tokens_fn=<trie>, renormalize_logits=constrain
 Hugging Face pads the first step with B-1 copies of the prompt scored -1e9; they can never outrank
 a real hypothesis, so they are simply absent here: only real catalogue titles come back, distinct.
 
-Speed, without changing results: each prompt is prefilled once (not B times) and its KV cache is
-gathered to its live beams only; allowed tokens come from the trie arrays for all beams at once;
-under `constrained_softmax` the LM head is computed only for the tokens some beam may emit.
+Speed, without changing results (`bearrec.feeding`, `bearrec.chains`): each prompt is prefilled
+once (not B times), the batch's common prefix (the template) once for all; a beam's generated
+tokens are kept apart from its prompt's KV (`bearrec.prefix_attention`); allowed tokens come from
+the trie arrays for all beams at once; under `constrained_softmax` the LM head is computed only for
+the tokens some beam may emit, and a beam at a trie node with one child is scored log 1 = 0 without
+the model and fed its waiting tokens in one forward when it next branches; under the full softmax a
+run of steps where every beam's next token is forced is computed in one forward. Results equal the
+one-step-at-a-time schedule (`forced_chains=False`) to float rounding (chunked forwards sum in
+another order: scores agree to ~2e-7 with SmolLM2 on Office, tested to 1e-5).
 
-The search reads top to bottom in `_decode`: `Prefilled` (prefill each prompt once), then per step
-`_score_children` (every live beam's trie children and their scores), `_select` (each prompt's top
-2B candidates; an `on_select` hook may observe them, as `prefix_thresholds` does), `_finish` (EOS
-candidates become hypotheses; prompts that cannot improve stop) and `_reorder` (the continuing
-candidates become the next beams, and the cache follows them).
+The search reads top to bottom in `_decode`: `Prefilled` (prefill the prompts), then per step
+`_score_children` (every live beam's trie children and their scores; the model runs only where
+needed), `_select` (each prompt's top 2B candidates; an `on_select` hook may observe them, as
+`prefix_thresholds` does), `_finish` (EOS candidates become hypotheses; prompts that cannot improve
+stop) and `_reorder` (the continuing candidates become the next beams; the cache follows them at the
+next forward).
+
+Host synchronisations per step (shared-prefix cache; the bookkeeping above is all on the host):
+none at a step where no beam needs the model (every beam at a one-child node under the constrained
+softmax, or inside a forced chain under the full one); one where the model runs: the copy of the
+children's log-probabilities to the host. The index tensors go to the device in pinned,
+non-blocking copies; the attention kernel has no data-dependent shapes. With Hugging Face's cache
+(architectures `prefix_attention` does not support) every step runs the model and its mask code.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from bearrec import prefix_attention, ragged
-from bearrec.modeling import ModelError, unwrap_peft
+from bearrec import chains, ragged
+from bearrec.feeding import Prefilled
+from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
+
+__all__ = ["Ranked", "Prefilled", "DecodeStats", "beam_search", "prefix_thresholds", "BthCandidateScores"]
 
 
 @dataclass
@@ -49,100 +65,6 @@ class Ranked:
     nodes: list[int] = field(default_factory=list)  # trie terminals (-> item ids)
 
 
-def _split_model(model):
-    """(backbone, lm_head, full_logits_only) for a causal LM, a peft wrapper included."""
-    base = unwrap_peft(model)
-    cfg = base.config
-    backbone = getattr(base, base.base_model_prefix, None)
-    head = base.get_output_embeddings()
-    special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-    if backbone is None or head is None or special or not isinstance(head, torch.nn.Linear):
-        return base, None, True
-    return backbone, head, False
-
-
-class _Scorer:
-    """Last-position hidden states -> log-probabilities of the trie children of each beam."""
-
-    def __init__(self, model, constrained_softmax: bool):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.backbone, self.head, self.full_only = _split_model(model)
-        self.constrained = constrained_softmax
-
-    def forward(self, input_ids, attention_mask, position_ids, cache):
-        input_ids, attention_mask, position_ids = (t.to(self.device) for t in (input_ids, attention_mask, position_ids))
-        if self.full_only:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float(), out.cache
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.cache
-
-    def child_log_probs(self, state: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor,
-                        counts: torch.Tensor) -> torch.Tensor:
-        """`state`: hidden states (or full logits); children flat (row, token). Returns float32 log-probs
-        on the CPU, where the beam bookkeeping lives."""
-        rows, toks, counts = rows.to(self.device), toks.to(self.device), counts.to(self.device)
-        return self._child_log_probs(state, rows, toks, counts).cpu()
-
-    def _child_log_probs(self, state, rows, toks, counts):
-        if self.full_only or not self.constrained:
-            logits = state.float() if self.full_only else self.head(state).float()
-            if self.constrained:
-                return ragged.segment_log_softmax(logits[rows, toks], counts, rows)
-            return logits.log_softmax(-1)[rows, toks]
-        uniq, inverse = torch.unique(toks, return_inverse=True)
-        weight = self.head.weight[uniq]
-        sub = state @ weight.T
-        if self.head.bias is not None:
-            sub = sub + self.head.bias[uniq]
-        return ragged.segment_log_softmax(sub.float()[rows, inverse], counts, rows)
-
-
-class Prefilled:
-    """The prefill stage: prompts run once (left padding) and the cache their continuations extend,
-    the shared-prefix cache where the architecture allows, else Hugging Face's. `state` holds the
-    last-position states of the current rows (one per prompt after the prefill); `advance` feeds
-    one token to each row of the next step, rows first reordered from their parents."""
-
-    def __init__(self, model, prompts: list[list[int]], constrained_softmax: bool, pad_token_id: int,
-                 shared_prefix: bool | None):
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        self.model, self.scorer = model, _Scorer(model, constrained_softmax)
-        input_ids, self.prompt_mask = ragged.pad_sequences(prompts, pad_token_id)
-        self.prompt_len = self.prompt_mask.sum(1)
-        positions = ragged.position_ids(self.prompt_mask)
-        self.state, self.cache = self.scorer.forward(input_ids, self.prompt_mask, positions, None)
-        self.shared = prefix_attention.supports(model) if shared_prefix is None else shared_prefix
-        if self.shared:
-            self.cache = prefix_attention.SharedPrefixCache(self.cache, self.prompt_mask)
-
-    def attention(self):
-        """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""
-        return prefix_attention.active(self.model, self.cache) if self.shared else nullcontext()
-
-    def child_log_probs(self, rows: torch.Tensor, toks: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (float32, CPU) of the children `toks` of the current rows: ragged, row
-        `rows[i]` for child i, `counts` children per row."""
-        return self.scorer.child_log_probs(self.state, rows, toks, counts)
-
-    def advance(self, parent: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
-        """Rows `parent` (of the previous rows) each take `tokens`; `step` tokens generated so far,
-        this one included. Returns the new last-position states."""
-        self.cache.reorder_cache(parent)
-        if self.shared:
-            self.cache.set_beams(row_prompt)
-            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
-        else:
-            attn = torch.cat([self.prompt_mask[row_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
-        pos = (self.prompt_len[row_prompt] + step - 1)[:, None]
-        self.state, self.cache = self.scorer.forward(tokens[:, None], attn, pos, self.cache)
-        return self.state
-
-
 # An `on_select` hook: called once per step with each prompt's top candidate scores (prompts x k,
 # best first, -inf where a prompt has fewer than k) and which prompts are still searching.
 SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
@@ -151,25 +73,29 @@ SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
-                shared_prefix: bool | None = None, ghost_threshold: float | None = None) -> list[Ranked]:
+                shared_prefix: bool | None = None, ghost_threshold: float | None = None,
+                forced_chains: bool = True, stats: "DecodeStats | None" = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
     the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
     ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
-    (None: every token counts, Hugging Face's rule)."""
+    (None: every token counts, Hugging Face's rule). `forced_chains`: False feeds every beam every
+    step (the reference schedule, for tests and benchmarks; same results to float rounding).
+    `stats`: filled with step and forward counts."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode(run, trie, num_beams, length_penalty, ghost_threshold)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats)
 
 
 @torch.no_grad()
 def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
-                      constrained_softmax: bool = True, pad_token_id: int = 0) -> list[list[float]]:
+                      constrained_softmax: bool = True, pad_token_id: int = 0,
+                      forced_chains: bool = True) -> list[list[float]]:
     """Per prompt, per step t = 1, 2, ...: the prefix log-probability of the candidate ranked B-th
     at step t of the beam search (the score a length-t prefix must reach to stay in the top B);
     -inf where fewer than B candidates exist. A prompt's list ends when its search stops. Used by
@@ -177,7 +103,7 @@ def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beam
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
     recorder = BthCandidateScores(len(prompts), num_beams)
     with run.attention():
-        _decode(run, trie, num_beams, 1.0, on_select=recorder)
+        _decode(run, trie, num_beams, 1.0, on_select=recorder, forced_chains=forced_chains)
     return recorder.per_prompt
 
 
@@ -196,6 +122,24 @@ class BthCandidateScores:
             self.per_prompt[p].append(float(bth[p]))
 
 
+@dataclass
+class DecodeStats:
+    """Counts of one or more searches (`beam_search(stats=...)` adds to them)."""
+
+    steps: int = 0  # decoding steps (each ranks every live beam's trie children)
+    all_forced_steps: int = 0  # steps where every live beam of every prompt had exactly one child
+    beam_steps: int = 0  # live beams summed over steps
+    forced_beam_steps: int = 0  # of them, at a node with one child
+    forwards: int = 0  # model forwards after the prefill
+    tokens_fed: int = 0  # generated tokens those forwards fed
+
+    def count(self, counts: torch.Tensor) -> None:
+        forced = int((counts == 1).sum())
+        self.steps, self.beam_steps, self.forced_beam_steps = self.steps + 1, self.beam_steps + len(counts), \
+            self.forced_beam_steps + forced
+        self.all_forced_steps += forced == len(counts)
+
+
 # ---- the search, stage by stage ----------------------------------------------------------------
 @dataclass
 class _Beams:
@@ -206,12 +150,16 @@ class _Beams:
     score: torch.Tensor  # (M,) sum of token log-probs
     tokens: torch.Tensor  # (M, steps) generated token ids
     length: torch.Tensor  # (M,) the length that normalises: all tokens, or the non-ghost ones
+    row: torch.Tensor  # (M,) its row in the model's cache (rows are gathered when the model is next run)
+    fed: torch.Tensor  # (M,) how many of its tokens the cache holds (the rest wait for a forward)
+    ahead: torch.Tensor  # (M, j) log-probs of its next j forced tokens, computed in a chain's forward
 
     @classmethod
     def start(cls, num_prompts: int) -> "_Beams":
         """One empty beam per prompt, at the trie root."""
-        return cls(torch.arange(num_prompts), torch.zeros(num_prompts, dtype=torch.long), torch.zeros(num_prompts),
-                   torch.zeros((num_prompts, 0), dtype=torch.long), torch.zeros(num_prompts))
+        n, long = num_prompts, dict(dtype=torch.long)
+        return cls(torch.arange(n), torch.zeros(n, **long), torch.zeros(n), torch.zeros((n, 0), **long), torch.zeros(n),
+                   torch.arange(n), torch.zeros(n, **long), torch.zeros((n, 0)))
 
 
 @dataclass
@@ -262,35 +210,81 @@ class _Hypotheses:
 
 
 def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
-            on_select: SelectHook | None = None) -> list[Ranked]:
+            on_select: SelectHook | None = None, forced_chains: bool = True,
+            stats: DecodeStats | None = None) -> list[Ranked]:
     """The beam search over prefilled prompts (runs inside `run.attention()`)."""
     n = len(run.prompt_len)
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
+    lazy = forced_chains and run.scorer.constrained and run.shared
+    chain = forced_chains and not run.scorer.constrained and run.shared
     while len(beams.prompt):
-        candidates = _score_children(run, trie, beams, log_ghost)
+        candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats)
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)
         running = _finish(top, candidates, beams, hypotheses, trie.eos_token_id, length_penalty)
         if not bool(running.any()):
             break
-        beams, parent = _reorder(top, running, candidates, beams)
-        run.advance(parent, beams.prompt, beams.tokens[:, -1], beams.tokens.shape[1])  # cache rows follow the beams
+        beams = _reorder(top, running, candidates, beams)
     return hypotheses.ranked()
 
 
-def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None) -> _Candidates:
+def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None, lazy: bool,
+                    chain: bool, stats: DecodeStats | None = None) -> _Candidates:
     """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
-    (under the constrained or the full softmax) and its normalising length."""
+    (under the constrained or the full softmax) and its normalising length. Which beams the model
+    runs on, and when, is `bearrec.chains`'s: `lazy` (constrained softmax) scores a one-child node
+    log 1 = 0 unfed; `chain` (full softmax) computes a run of all-forced steps in one forward."""
     counts, toks, children = trie.children(beams.node)
     rows = ragged.segment_ids(counts)
-    step_lp = run.child_log_probs(rows, toks, counts)
+    if stats is not None:
+        stats.count(counts)
+    step_lp = _model_log_probs(run, trie, beams, counts, rows, toks, lazy, chain, stats)
     if bool(torch.isnan(step_lp).any()):
         raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
                          "training run?): nothing can be ranked")
     length = beams.length[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
     return _Candidates(rows, beams.prompt[rows], toks, children, beams.score[rows] + step_lp, length)
+
+
+def _model_log_probs(run: Prefilled, trie: TitleTrie, beams: _Beams, counts, rows, toks, lazy: bool, chain: bool,
+                     stats: DecodeStats | None) -> torch.Tensor:
+    """Log-probs of the children: from a running chain, or fed beams' states (0 for the others)."""
+    steps = beams.tokens.shape[1]
+    if beams.ahead.shape[1]:  # inside a chain: every beam has one child, its log-prob computed
+        step_lp, beams.ahead = beams.ahead[:, 0], beams.ahead[:, 1:]
+        return step_lp
+    forced = chains.plan(trie, beams.node, counts) if chain and steps else None
+    if forced is not None:  # every beam feeds its waiting token and the next k - 1 forced ones
+        m, k = forced.shape
+        need = torch.arange(m)
+        states = run.feed(beams.row, beams.prompt, torch.cat([beams.tokens, forced[:, :-1]], 1), beams.fed, need,
+                          steps + k - 1, keep=k).view(m, k, -1)
+        _count_feed(stats, steps + k - 1 - beams.fed)
+        beams.row, beams.fed = need, torch.full((m,), steps + k - 1)
+        one = torch.ones(m, dtype=torch.long)
+        ahead = torch.stack([run.scorer.child_log_probs(states[:, j], need, forced[:, j], one, host=False)
+                             for j in range(k)], dim=1).cpu()  # one copy to the host for the k steps
+        beams.ahead = ahead[:, 1:]
+        return ahead[:, 0]
+    needs = chains.needs_state(counts, lazy)
+    need = needs.nonzero()[:, 0]
+    step_lp = torch.zeros(len(toks))
+    if len(need):
+        states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
+        if steps:
+            _count_feed(stats, steps - beams.fed[need])
+        beams.row, beams.fed[need] = torch.arange(len(counts)), steps
+        scored = needs[rows]
+        place = needs.cumsum(0) - 1  # each needing beam's row among the states
+        step_lp[scored] = run.scorer.child_log_probs(states, place[rows[scored]], toks[scored], counts[need])
+    return step_lp
+
+
+def _count_feed(stats: DecodeStats | None, tokens: torch.Tensor) -> None:
+    if stats is not None:
+        stats.forwards, stats.tokens_fed = stats.forwards + 1, stats.tokens_fed + int(tokens.sum())
 
 
 def _select(candidates: _Candidates, n: int, B: int) -> _Top:
@@ -325,11 +319,12 @@ def _finish(top: _Top, candidates: _Candidates, beams: _Beams, hypotheses: _Hypo
     return running & ~hypotheses.done[:, None]
 
 
-def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> tuple[_Beams, torch.Tensor]:
+def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> _Beams:
     """Reorder stage: the continuing candidates become the next beams (grouped by prompt, in rank
-    order). Returns them and each one's parent row, which the cache rows must follow."""
+    order); each keeps its parent's cache row (the cache follows at the next forward)."""
     sel_p, sel_j = running.nonzero(as_tuple=True)
     cand = top.index[sel_p, sel_j]
     parent = candidates.beam[cand]
     tokens = torch.cat([beams.tokens[parent], candidates.token[cand][:, None]], dim=1)
-    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand]), parent
+    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand],
+                  beams.row[parent], beams.fed[parent], beams.ahead[parent])

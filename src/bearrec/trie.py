@@ -13,6 +13,7 @@ next tokens, or its next nodes, with tensor ops and no Python loop over beams:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -74,6 +75,20 @@ class TitleTrie:
                    eos_token_id)
 
     # ---- batched queries ---------------------------------------------------------------------
+    @functools.cached_property
+    def forced_run(self) -> torch.Tensor:
+        """Per node, how many steps from it are forced: 0 at a node with several children or none,
+        else 1 + its only child's (a node whose only child is EOS: 1). `bearrec.chains` uses it."""
+        single = self.num_children == 1
+        only = torch.where(single, self.child_nodes[self.indptr[:-1].clamp(max=max(len(self.child_nodes) - 1, 0))]
+                           if len(self.child_nodes) else torch.zeros_like(self.num_children), 0)
+        run = single.long()
+        while True:  # as many rounds as the longest run: every round extends each run by one
+            nxt = torch.where(single, 1 + run[only], 0)
+            if torch.equal(nxt, run):
+                return run
+            run = nxt
+
     def step(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Node reached from each `nodes[i]` by `tokens[i]`; DEAD where that edge does not exist."""
         nodes = torch.as_tensor(nodes, dtype=torch.long)

@@ -109,7 +109,12 @@ def test_two_process_evaluation_equals_one(run_dir, tmp_path):
         done = subprocess.run(launch, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[:3000]
     assert "decoded by 2 process(es)" in done.stdout
-    assert (two / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+    # users are batched differently in two processes: scores may differ by float rounding (the
+    # batch's common prompt prefix and the padding change the order of sums), rankings may not
+    rows = [[json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert [{k: v for k, v in r.items() if k != "scores"} for r in rows[1]] == \
+        [{k: v for k, v in r.items() if k != "scores"} for r in rows[0]]
+    assert all(b["scores"] == pytest.approx(a["scores"], abs=1e-5) for a, b in zip(*rows))
     assert (two / "metrics.json").read_text() == (one / "metrics.json").read_text()
 
 
