@@ -299,6 +299,34 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         return result
 
 
+def prepare_for_training(model, cfg: Config, changes: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Exact memory and speed changes for training (`bearrec.frozen`): LoRA dropout keeps a bool
+    mask for backward, SwiGLU MLPs recompute silu in backward, and when training and decoding both
+    run under bf16 autocast the frozen linear weights are stored in bf16. Values and gradients stay
+    bit-identical. `changes` picks some (benchmarks/train_memory.py); returns how many layers each
+    changed."""
+    from bearrec.frozen import bf16_frozen_linears, compact_lora_dropout, recompute_swiglu
+
+    available = {"lora_dropout": compact_lora_dropout, "swiglu": recompute_swiglu}
+    if cfg.train.bf16 and cfg.decode.autocast == "bfloat16":
+        available["bf16_linears"] = bf16_frozen_linears
+    return {name: fn(model) for name, fn in available.items() if changes is None or name in changes}
+
+
+def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingArguments:
+    """Trainer's arguments for a config (`benchmarks/train_memory.py` uses the same)."""
+    t = cfg.train
+    return TrainingArguments(**{
+        **dict(output_dir=str(output_dir), per_device_train_batch_size=t.batch_size,
+               gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, learning_rate=t.learning_rate,
+               warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+               bf16=t.bf16, logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none",
+               seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
+               use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False,
+               logging_nan_inf_filter=False),
+        **overrides})
+
+
 def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
@@ -308,16 +336,11 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
                                      Collator(encoder.tokenizer.pad_token_id))
     if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
+    prepare_for_training(model, cfg)  # after the reference log-probs: those stay as they were computed
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum, num_train_epochs=t.epochs, learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.bf16,
-        logging_steps=t.logging_steps, save_strategy="epoch", report_to=t.report_to or "none", seed=cfg.seed,
-        data_seed=cfg.seed, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, disable_tqdm=False, logging_nan_inf_filter=False)
+    args = training_arguments(cfg, run_dir / "checkpoints")
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,

@@ -92,6 +92,45 @@ def test_train_selects_on_validation_and_decodes_test(data_dir, tmp_path, capsys
     assert again["item"] == test["item"]
 
 
+@pytest.mark.parametrize("decode_autocast", ["bfloat16", "none"])
+def test_prepare_for_training_changes_no_loss_gradient_or_decode(data_dir, tmp_path, decode_autocast):
+    """LoRA with dropout, bf16 autocast: the model after prepare_for_training gives the same loss,
+    gradients and validation decode, bit for bit; frozen weights go to bf16 only when decoding
+    also runs under bf16 autocast."""
+    from bearrec.evaluation import Recommender, evaluate
+    from bearrec.training import batch_loss, prepare_for_training
+
+    cfg = _cfg(data_dir, tmp_path / "run", "model.lora.enabled=true", "model.lora.dropout=0.2", "train.bf16=true",
+               f"decode.autocast={decode_autocast}")
+    ds = load_authors_dir(data_dir, valid_fraction=0.25)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        encoder, model = build_encoder_and_model(cfg, ds)
+        models.append(model)
+    changed = prepare_for_training(models[1], cfg)
+    assert set(changed) == {"lora_dropout", "swiglu", *(["bf16_linears"] if decode_autocast == "bfloat16" else [])}
+    assert changed["lora_dropout"] > 0 and changed["swiglu"] > 0
+    train_set = TrainingSet(encoder.encode_all(ds.train), encoder)
+    batch = Collator(encoder.tokenizer.pad_token_id)([train_set[i] for i in range(len(train_set))])
+    results = []
+    for model in models:
+        model.train()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = batch_loss(model, dict(batch), encoder.trie, cfg.loss, encoder.tokenizer.pad_token_id)
+            loss = out.num / out.den
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        preds, _ = evaluate(Recommender(model.eval(), encoder, cfg.decode), ds.valid, list(range(len(ds.valid))),
+                            progress=False)
+        results.append((loss.detach(), grads, preds))
+    (l0, g0, p0), (l1, g1, p1) = results
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 0
+    assert all(torch.equal(g0[k], g1[k]) for k in g0)
+    assert p0 == p1 and len(p0) == len(ds.valid)
+
+
 def test_loss_goes_down(tmp_path):
     """A learnable rule (the target follows the last history item): the msl loss halves."""
     import random

@@ -303,3 +303,42 @@ def test_a_config_without_short_sets_ran_the_old_reading():
     got = resolved(old)
     assert got["loss"]["bear"]["short_sets"] == "trivial" and got["train"]["selection_rule"] == "max"
     assert resolved(to_dict(Config()))["loss"]["bear"]["short_sets"] == "min_valid"  # auto, bear/reference
+
+
+def _log_probs_cast_first(logits, targets, allowed, tau):
+    """log_probs as written before 2026-12: the whole (T, V) matrix cast and scaled first."""
+    z = logits.float() / tau
+    candidates = allowed.padded(z)
+    norm = torch.logsumexp(candidates, dim=1, keepdim=True)
+    return z.gather(1, targets[:, None])[:, 0] - norm[:, 0], candidates - norm
+
+
+@pytest.mark.parametrize("dtype, tau", [(torch.float32, 1.0), (torch.float32, 0.7), (torch.bfloat16, 1.0),
+                                        (torch.bfloat16, 0.7)])
+def test_log_probs_over_allowed_tokens_is_bit_identical_to_casting_the_whole_vocabulary(dtype, tau):
+    from bearrec.losses import log_probs
+
+    gen = torch.Generator().manual_seed(0)
+    vocab, n = 300, 40
+    sets = [torch.randperm(vocab, generator=gen)[: int(torch.randint(1, 30, (1,), generator=gen))].tolist()
+            for _ in range(n)]
+    targets = torch.tensor([s[int(torch.randint(len(s), (1,), generator=gen))] for s in sets])
+    allowed = Allowed.from_lists(sets)
+    base = torch.randn(n, vocab, generator=gen) * 3
+    results = []
+    for fn in (log_probs, _log_probs_cast_first):
+        logits = base.to(dtype).requires_grad_()
+        lp, candidates = fn(logits, targets, allowed, tau)
+        (lp * torch.linspace(-1, 2, n)).sum().backward()
+        results.append((lp.detach(), candidates.detach(), logits.grad))
+    for new, old in zip(*results):
+        assert new.dtype == old.dtype and torch.equal(new, old)
+
+
+def test_log_probs_of_a_target_outside_its_allowed_set_is_read_from_the_logits():
+    from bearrec.losses import log_probs
+
+    logits, _, allowed = inputs()
+    lp, _ = log_probs(logits, torch.tensor([3, 0, 3, 1]), allowed)  # 3 is not allowed at position A
+    assert float(lp[0]) == pytest.approx(-1 - lse(2, 1, 0), abs=1e-6)
+    assert float(lp[1]) == pytest.approx(-CE[1], abs=1e-6)

@@ -40,10 +40,24 @@ class Allowed:
         """The position of each allowed token."""
         return ragged.segment_ids(self.counts)
 
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column of every allowed token in the `padded` matrix."""
+        rows = self.rows
+        return rows, ragged.segment_offsets(self.counts, rows)
+
     def padded(self, logits: torch.Tensor) -> torch.Tensor:
         """(T, max count) matrix of the allowed logits, -inf where a position has fewer."""
         rows = self.rows
         return ragged.padded(logits[rows, self.tokens], self.counts, float("-inf"), ids=rows, min_width=1)
+
+    def columns(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """(T,) column of each target in the `padded` matrix; None unless every target is allowed
+        exactly once at its position."""
+        rows, cols = self._layout()
+        hit = self.tokens == targets[rows]
+        if not bool((torch.bincount(rows[hit], minlength=len(self.counts)) == 1).all()):
+            return None
+        return cols[hit]  # position-major, so in the order of the targets
 
 
 def check_inputs(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed | None) -> None:
@@ -57,15 +71,25 @@ def check_inputs(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed |
 
 def log_probs(logits: torch.Tensor, targets: torch.Tensor, allowed: Allowed | None, tau: float = 1.0):
     """Float32 log-softmax of logits / tau, over the allowed tokens (or the whole vocabulary when
-    `allowed` is None). Returns (log p of each target (T,), all candidate log-probs (T, C))."""
+    `allowed` is None). Returns (log p of each target (T,), all candidate log-probs (T, C)).
+
+    Over the allowed tokens only those logits are cast and scaled, and the targets' are read from
+    them: no float (T, V) copy is made or kept for backward (with bf16 logits it was 4 bytes per
+    token and vocabulary entry). Values and gradients are bit-identical to casting and scaling all of
+    them first: the same element-wise operations on the same elements, and each target's gradient
+    is the same sum of two terms."""
     check_inputs(logits, targets, allowed)
-    z = logits.float() / tau
     if allowed is None:
-        candidates = z.log_softmax(-1)
+        candidates = (logits.float() / tau).log_softmax(-1)
         return candidates.gather(1, targets[:, None])[:, 0], candidates
-    candidates = allowed.padded(z)
+    candidates = allowed.padded(logits).float() / tau
     norm = torch.logsumexp(candidates, dim=1, keepdim=True)
-    return z.gather(1, targets[:, None])[:, 0] - norm[:, 0], candidates - norm
+    cols = allowed.columns(targets)
+    if cols is None:  # a target outside its allowed set (never from the trie): read it from the logits
+        picked = logits.gather(1, targets[:, None])[:, 0].float() / tau
+    else:
+        picked = candidates[torch.arange(len(targets), device=cols.device), cols]
+    return picked - norm[:, 0], candidates - norm
 
 
 def log_beta(candidates: torch.Tensor, num_beams: int) -> torch.Tensor:
