@@ -6,9 +6,9 @@ export BEARREC_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup test run bench clean
 
-$(BIN)/bearrec: pyproject.toml requirements.txt requirements-data.txt
+$(BIN)/bearrec: pyproject.toml requirements.txt requirements-data.txt requirements-conventional.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-conventional.txt
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(BIN)/bearrec

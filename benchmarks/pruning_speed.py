@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from bearrec.analysis import analyze
-from bearrec.config import load_config
-from bearrec.driver import run_recommender
+from bearrec.runs import load_run
 from bearrec.evaluation import seeded_subset
 
 
@@ -30,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(Path(args.run) / "config.yaml")
-    dataset, recommender = run_recommender(cfg, Path(args.run))
+    loaded = load_run(args.run)
+    cfg, dataset, recommender = loaded.cfg, loaded.dataset, loaded.recommender
     indices = seeded_subset(len(dataset.test), args.users)
     ks = tuple(cfg.analysis.ks)
     seconds, results = {}, {}

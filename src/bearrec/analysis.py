@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from bearrec import ragged
 from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
-from bearrec.decoding import _Prefilled
+from bearrec.decoding import Prefilled
 from bearrec.evaluation import Recommender
 from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
@@ -60,15 +61,15 @@ def titles_above(model, trie: TitleTrie, prompt: list[int], score: float, cap: i
 def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, expand, stop=None) -> dict[int, float]:
     """Level by level from the root; `expand(children, scores)` picks which non-terminal children
     are walked on (None: all); `stop(found)` ends the walk after a level."""
-    run = _Prefilled(model, [prompt], constrained_softmax, pad_token_id=0, shared_prefix=None)
-    nodes, scores, state = torch.zeros(1, dtype=torch.long), torch.zeros(1), run.state
+    run = Prefilled(model, [prompt], constrained_softmax, pad_token_id=0, shared_prefix=None)
+    nodes, scores = torch.zeros(1, dtype=torch.long), torch.zeros(1)
     out: dict[int, float] = {}
     depth = 0
     with run.attention():
         while len(nodes):
             counts, toks, children = trie.children(nodes)
-            rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
-            child_scores = scores[rows] + run.scorer.child_log_probs(state, rows, toks, counts)
+            rows = ragged.segment_ids(counts)
+            child_scores = scores[rows] + run.child_log_probs(rows, toks, counts)
             ends = toks == trie.eos_token_id
             out.update(zip(children[ends].tolist(), child_scores[ends].tolist()))
             go = ~ends if expand is None else ~ends & expand(children, child_scores)
@@ -76,7 +77,7 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
                 break
             nodes, scores = children[go], child_scores[go]
             depth += 1
-            state = run.advance(rows[go], torch.zeros(len(nodes), dtype=torch.long), toks[go], depth)
+            run.advance(rows[go], torch.zeros(len(nodes), dtype=torch.long), toks[go], depth)
     return out
 
 
@@ -144,8 +145,8 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
 
 
 def summarize_pruning(users: list[dict], ks, decode: DecodeConfig) -> dict:
-    out = {"num_users": len(users), "num_beams": decode.num_beams,
-           "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty}
+    out = {"num_users": len(users), "num_beams": decode.num_beams, "constrained_softmax": decode.constrained_softmax,
+           "length_penalty": decode.length_penalty, "ghost_threshold": decode.ghost_threshold}
     for k in ks:
         eligible = [u for u in users if u["overall_rank"] < k]
         pruned = [u for u in eligible if u["pruned"]]

@@ -12,24 +12,13 @@ import sys
 from pathlib import Path
 
 from bearrec.errors import BearrecError, ConfigError
-
-
-def _overrides(args, flags: dict[str, str]) -> list[str]:
-    """KEY=VALUE overrides from the positional list, then from the flags that were given."""
-    out = list(getattr(args, "overrides", None) or [])
-    for flag, key in flags.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return out
+from bearrec.flags import data_flags, decoding_suffix, inference_flags, inference_setup, overrides_of
 
 
 def _data_config(args):
     from bearrec.config import load_config
 
-    flags = {"data_dir": "data.data_dir", "train_file": "data.train_file", "on_empty_title": "data.on_empty_title",
-             "valid_fraction": "data.valid_fraction", "name": "data.name"}
-    return load_config(args.config, _overrides(args, flags))
+    return load_config(args.config, overrides_of(args))
 
 
 def _print_statistics(stats: dict) -> None:
@@ -80,42 +69,10 @@ def cmd_data_download(args) -> int:
     return 0
 
 
-def _inference_setup(args, check=None):
-    """(config, dataset, recommender) for --model DIR_OR_RUN: a run directory contributes its resolved
-    config.yaml (prompt, data, decode) and its `model/` folder; any other value is a model path or id.
-    `check(cfg, dataset)` runs before the model is loaded (bad input fails fast)."""
-    from bearrec.config import load_config
-    from bearrec.data import load_dataset
-    from bearrec.data.encode import build_encoder
-    from bearrec.evaluation import Recommender
-    from bearrec.modeling import load_model
-
-    run = Path(args.model)
-    config_path = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
-    flags = {"data": "data.name", "data_dir": "data.data_dir", "num_beams": "decode.num_beams",
-             "length_penalty": "decode.length_penalty", "batch_size": "decode.batch_size",
-             "constrained_softmax": "decode.constrained_softmax", "ghost_threshold": "decode.ghost_threshold"}
-    overrides = _overrides(args, flags)
-    if getattr(args, "decoding", None) == "d3":  # D3 (Bao et al. 2024): no length normalisation
-        if args.length_penalty not in (None, 0.0):
-            raise ConfigError(f"--decoding d3 means --length-penalty 0, not {args.length_penalty}")
-        overrides.append("decode.length_penalty=0")
-    cfg = load_config(config_path, overrides)
-    model_path = run / "model" if (run / "model").is_dir() else args.model
-    dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
-    if check is not None:
-        check(cfg, dataset)
-    cfg.model.name_or_path = str(model_path)
-    cfg.model.lora.enabled = False
-    model, tokenizer = load_model(cfg.model)
-    encoder = build_encoder(cfg.prompt, dataset, tokenizer, model)
-    return cfg, dataset, Recommender(model, encoder, cfg.decode)
-
-
 def cmd_evaluate(args) -> int:
     from bearrec.evaluation import evaluate, format_table, seeded_subset, write_outputs
 
-    cfg, dataset, recommender = _inference_setup(args)
+    cfg, dataset, recommender = inference_setup(args)
     examples = dataset.split(args.split)
     indices = seeded_subset(len(examples), args.limit)
     preds, metrics = evaluate(recommender, examples, indices)
@@ -124,7 +81,7 @@ def cmd_evaluate(args) -> int:
 
     state = distributed_state()
     if state.is_main_process:
-        suffix = _decoding_suffix(args)
+        suffix = decoding_suffix(args)
         out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
                                 if (Path(args.model) / "config.yaml").exists()
                                 else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
@@ -132,21 +89,6 @@ def cmd_evaluate(args) -> int:
         print(format_table(metrics))
         print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
     return 0
-
-
-def _decoding_suffix(args) -> str:
-    """A default output folder never overwrites a run's own evaluation with other decode settings:
-    each decode flag given adds to the name (eval-test-d3, eval-test-ghost0.99, eval-test-b20, ...)."""
-    parts = ["d3"] if args.decoding == "d3" else []
-    if args.length_penalty is not None and args.decoding != "d3":
-        parts.append(f"lp{args.length_penalty:g}")
-    if args.ghost_threshold is not None:
-        parts.append(f"ghost{args.ghost_threshold:g}")
-    if args.num_beams is not None:
-        parts.append(f"b{args.num_beams}")
-    if args.constrained_softmax is not None:
-        parts.append("cs" if args.constrained_softmax else "nocs")
-    return "".join(f"-{p}" for p in parts)
 
 
 def cmd_recommend(args) -> int:
@@ -166,7 +108,7 @@ def cmd_recommend(args) -> int:
         if args.k > cfg.decode.num_beams:
             raise BearrecError(f"--k {args.k} exceeds num_beams {cfg.decode.num_beams}; raise --num-beams")
 
-    cfg, dataset, recommender = _inference_setup(args, check)
+    cfg, dataset, recommender = inference_setup(args, check)
     (rec,) = recommender.recommend([history])
     rows = [{"rank": r, "items": list(rec.items[r]), "title": rec.titles[r], "score": rec.scores[r]}
             for r in range(min(args.k, len(rec.titles)))]
@@ -197,7 +139,7 @@ def cmd_serve(args) -> int:
                               f"{cfg.decode.batch_size}")
 
     def load(checked):
-        cfg, dataset, recommender = _inference_setup(args, lambda cfg, dataset: (check(cfg, dataset), checked()))
+        cfg, dataset, recommender = inference_setup(args, lambda cfg, dataset: (check(cfg, dataset), checked()))
         return served_model(args.model, cfg, dataset, recommender)
 
     return run_server(settings, load)
@@ -241,23 +183,27 @@ def cmd_analyze_pruning(args) -> int:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
 
-    results = {}
+    results, ks = {}, None
     for model, label in zip(args.model, run_labels(args.model)):
         args_one = argparse.Namespace(**{**vars(args), "model": model})
-        cfg, dataset, recommender = _inference_setup(args_one)
+        cfg, dataset, recommender = inference_setup(args_one)
+        ks = ks or tuple(cfg.analysis.ks)  # the first run's analysis.ks (or the config's) for every run
         examples = dataset.split(args.split)
         indices = seeded_subset(len(examples), args.limit)
-        result = analyze(recommender, examples, indices, exact_ranks=args.exact_ranks)
+        result = analyze(recommender, examples, indices, ks=ks, exact_ranks=args.exact_ranks)
         result.update(split=args.split, dataset=dataset.name, model=model)
         run = Path(model)
-        out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path(args.out or "runs") / run.name
+        if args.out:
+            out = Path(args.out) / label
+        else:
+            out = run / f"pruning-{args.split}" if (run / "config.yaml").exists() else Path("runs") / run.name
         write_pruning(out, result)
         results[label] = result
         rows = [f"PR@{k} {_share(r['rate'])} ({r['pruned']}/{r['eligible']}), violating {_share(r['violation_share'])}"
-                for k, r in ((k, result[f"PR@{k}"]) for k in (5, 10))]
+                for k, r in ((k, result[f"PR@{k}"]) for k in ks)]
         print(f"{model}: " + "; ".join(rows) + f"  -> {out / 'pruning.json'}")
     png = Path(args.out or (Path(args.model[0]) / f"pruning-{args.split}")) / "pruning.png"
-    plot_pruning(results, png)
+    plot_pruning(results, png, ks=ks)
     print(f"plot: {png}")
     return 0
 
@@ -292,7 +238,7 @@ def cmd_compare(args) -> int:
             raise BearrecError(f"--pair {pair!r}: expected 'ROW A - ROW B', e.g. --pair 'bear - msl'")
         pairs.append((a.strip(), b.strip()))
     result = compare(args.runs, bootstrap_samples=args.bootstrap, evaluations=tuple(args.eval or ["eval-test"]),
-                     pairs=pairs)
+                     pairs=pairs, references=args.references)
     table = to_markdown(result)
     print(table, end="")
     if args.out:
@@ -323,16 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect, prepare and download datasets").add_subparsers(
         dest="data_command", required=True)
 
-    def data_flags(p, positional: str | None):
-        if positional:
-            p.add_argument(positional, help="office, book, toy, clothing, movielens-1m, movielens-100k, or a folder")
-        p.add_argument("--config", help="a YAML config; its data: section is used")
-        p.add_argument("--data-dir", help="folder holding named Amazon datasets (else $BEARREC_DATA_DIR)")
-        p.add_argument("--train-file", help="train CSV to use (default: train_10000.csv when present)")
-        p.add_argument("--valid-fraction", type=float, help="share of train carved as validation (default 1/9)")
-        p.add_argument("--on-empty-title", choices=["error", "drop"], help="items with empty titles")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.prepare.k_core=10")
-
     p = data.add_parser("inspect", help="statistics of a dataset")
     data_flags(p, "name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -348,26 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["office", "book", "toy", "clothing"])
     p.add_argument("--data-dir", help="destination root (else $BEARREC_DATA_DIR, else the user cache)")
     p.set_defaults(func=cmd_data_download)
-
-    def inference_flags(p, several: bool = False):
-        if several:
-            p.add_argument("--model", required=True, action="append",
-                           help="a run directory or model; repeat it to compare runs side by side")
-        else:
-            p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
-        p.add_argument("--data", help="dataset name or folder (default: the run's config)")
-        p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
-        p.add_argument("--data-dir", help="folder holding named Amazon datasets")
-        p.add_argument("--num-beams", type=int, help="beam width B (default 10)")
-        p.add_argument("--length-penalty", type=float, help="HF length penalty (default 1.0; D3: 0.0)")
-        p.add_argument("--batch-size", type=int, help="users decoded together (default 8)")
-        p.add_argument("--decoding", choices=["hf", "d3"], default="hf",
-                       help="hf: the run's decode settings; d3: no length normalisation (Bao et al. 2024)")
-        p.add_argument("--ghost-threshold", type=float,
-                       help="tokens of probability >= this do not count in the normalising length (D3's ghost tokens)")
-        p.add_argument("--constrained-softmax", action=argparse.BooleanOptionalAction, default=None,
-                       help="softmax over trie-valid tokens (default) or the whole vocabulary")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     p = sub.add_parser("evaluate", help="decode a split and compute HR@K / NDCG@K")
     inference_flags(p)
@@ -402,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="append", metavar="'A - B'",
                    help="also report the NDCG@10 difference of these two rows (labels as printed), e.g. "
                         "--pair 'bear - msl'; the best row - the best other is always reported")
+    p.add_argument("--references", action="store_true",
+                   help="add rows for the runs' reference points (ref-popularity/, ref-zero_shot/: bearrec run's "
+                        "analysis.references) on the same test users")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
@@ -419,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users (default: the whole split)")
     p.add_argument("--exact-ranks", action="store_true", help="score every title for every user, so that "
                    "overall_rank is exact beyond K too (many times slower; PR@K is the same)")
-    p.add_argument("--out", help="where the plot goes (default: the first run's pruning-SPLIT/)")
+    p.add_argument("--out", help="OUT/<run label>/pruning.json for each run and OUT/pruning.png (default: each "
+                   "run's pruning-SPLIT/, the plot in the first run's); K from the config's analysis.ks")
     p.set_defaults(func=cmd_analyze_pruning)
 
     p = sub.add_parser("recommend", help="top-K items for one history")

@@ -1,7 +1,8 @@
-"""Typed configuration: YAML files into dataclasses, `a.b=c` overrides, unknown keys rejected.
+"""Typed configuration: YAML files into the dataclasses of `bearrec.sections`, `a.b=c` overrides,
+unknown keys rejected, and a run's identity (which settings make two runs the same experiment).
 
-Every setting that changes a result lives here, so a run directory's `config.yaml` (written by
-`save_config`) is enough to reproduce it.
+Every setting that changes a result is declared in `bearrec.sections`, so a run directory's
+`config.yaml` (written by `save_config`) is enough to reproduce it.
 """
 
 from __future__ import annotations
@@ -10,173 +11,17 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from bearrec.atomic import atomic_write_text
 from bearrec.errors import ConfigError
-
-
-@dataclass
-class PrepareConfig:
-    """The paper's protocol for raw interaction sources (MovieLens, Amazon dumps, generic CSV)."""
-
-    k_core: int = 5  # iterative: every user and item keeps at least k interactions
-    max_history: int = 10  # sliding window of max_history + 1 (history + target)
-    min_history: int = 4  # the authors' released files start windows at 4 history items
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # chronological, by target time
-
-
-@dataclass
-class DataConfig:
-    name: str = "movielens-1m"  # office|book|toy|clothing|movielens-1m|movielens-100k or a folder
-    data_dir: Optional[str] = None  # where named Amazon datasets live (else $BEARREC_DATA_DIR, cache)
-    train_file: str = "auto"  # auto: train_10000.csv when present (the paper's sample), else train.csv
-    valid_fraction: float = 1 / 9  # validation size as a share of the training rows (when no valid.csv)
-    # auto: held_out when training on a sample beside train.csv (the latest rows of train.csv outside the
-    # sample, so all of the sample trains), else carve (the latest rows of the training file itself)
-    validation: Literal["auto", "held_out", "carve"] = "auto"
-    on_empty_title: Literal["error", "drop"] = "error"
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-
-
-@dataclass
-class PromptConfig:
-    template: Literal["alpaca", "compact"] = "alpaca"
-    domain: Optional[str] = None  # phrase preset (office, book, movie, ...); None: from the dataset name
-    instruction: Optional[str] = None  # overrides the preset's instruction
-    history_prefix: Optional[str] = None  # overrides the preset's history phrase
-    max_history_items: Optional[int] = None  # keep only the latest N history titles
-    max_title_words: Optional[int] = None  # cut history titles (compact prompts for small models)
-    max_title_tokens: Optional[int] = 256  # a target title (EOS included) longer than this is reported
-    # a title over max_title_tokens, or an example longer than the model's positions: warn (one line) or error
-    on_too_long: Literal["warn", "error"] = "warn"
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
-@dataclass
-class TinyModelConfig:
-    """A from-scratch model with a BPE tokenizer trained on the dataset's own text."""
-
-    architecture: Literal["qwen2", "llama"] = "qwen2"
-    vocab_size: int = 4000
-    hidden_size: int = 192
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 512
-
-
-@dataclass
-class ModelConfig:
-    name_or_path: str = "smollm2-135m"  # hub id, local folder, "smollm2-135m" (packaged) or "tiny"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-
-
-@dataclass
-class DecodeConfig:
-    """Constrained beam search (METHOD.md section 5, DESIGN.md decisions 2-4)."""
-
-    num_beams: int = 10  # B; B distinct catalogue items come back per user
-    constrained_softmax: bool = True  # softmax over trie-valid tokens (MSL/BEAR) vs whole vocabulary (SFT)
-    length_penalty: float = 1.0  # HF meaning: score = sum log-prob / length ** lp; D3 uses 0.0
-    ghost_threshold: Optional[float] = None  # tokens of probability >= it are not counted in that length
-    batch_size: int = 8  # users decoded together
-    autocast: Literal["none", "bfloat16"] = "none"
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs above num_beams are skipped
-
-
-@dataclass
-class BearConfig:
-    """BEAR's regulariser (METHOD.md sections 3-4). Defaults: the paper's Toy setting. `beam_sim`
-    (Objective 3.1) reads base, num_beams (B), lam and xi from here too."""
-
-    base: Literal["msl", "sft"] = "msl"  # the authors' code uses MSL inside BEAR
-    num_beams: int = 10  # B in the loss (hard-coded 10 in the authors' code)
-    lam: float = 0.25  # lambda in the convention of `form`
-    xi: float = 2.75  # temperature of the smoothed indicator
-    form: Literal["reference", "paper", "violators"] = "reference"
-    # positions with fewer than B valid tokens: min_valid = the authors' released code (beta is the
-    # smallest valid probability there); trivial = the paper's reading (condition met, beta = 0);
-    # auto = min_valid for loss `bear` with form `reference` (the released loss), trivial for the other
-    # forms and sdpo_bear (no released code; a token that cannot be pruned is not pushed)
-    short_sets: Literal["auto", "min_valid", "trivial"] = "auto"
-
-
-@dataclass
-class PreferenceConfig:
-    """dpo / sdpo / sdpo_bear (`bearrec.losses.preference`): start from an SFT checkpoint."""
-
-    beta: float = 1.0  # DPO's beta
-    num_negatives: int = 3  # N sampled negatives per example for sdpo / sdpo_bear (dpo uses 1)
-    negatives_seed: int = 0  # uniform sampling over the catalogue, seeded per example
-
-
-@dataclass
-class LossConfig:
-    name: str = "bear"  # sft | msl | bear | beam_sim | dpo | sdpo | sdpo_bear
-    tau: float = 1.0  # MSL softmax temperature
-    bear: BearConfig = field(default_factory=BearConfig)
-    pref: PreferenceConfig = field(default_factory=PreferenceConfig)
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning on Hugging Face Trainer. Defaults follow the paper where it says (METHOD.md 6)."""
-
-    epochs: int = 10
-    batch_size: int = 16  # per process; the global batch is batch_size * grad_accum * processes
-    grad_accum: int = 8
-    learning_rate: float = 1e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = False  # autocast
-    max_train_examples: Optional[int] = None  # a seeded subsample of the train split
-    valid_users: Optional[int] = 200  # seeded validation subset decoded after each epoch; null: all
-    selection_k: int = 10  # epochs are compared by validation NDCG@selection_k
-    # later_within_se: the latest epoch within one paired standard error of the best (bearrec.selection);
-    # max: the best validation NDCG, earliest on ties (the old rule)
-    selection_rule: Literal["later_within_se", "max"] = "later_within_se"
-    min_valid_hits: int = 50  # a choice resting on fewer validation hits at K is flagged (size valid_users by it)
-    eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
-    test_users: Optional[int] = None  # a seeded subset of the test split; null: all users
-    logging_steps: int = 10
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # logs in RUN/checkpoints/runs/
-
-
-@dataclass
-class AnalysisConfig:
-    pruning_users: Optional[int] = 200  # seeded test users for `bearrec run`'s pruning analysis; 0: skip
-    ks: list[int] = field(default_factory=lambda: [5, 10])  # PR@K cut-offs
-    # read the model against these on its test users (bearrec.references): popularity costs nothing,
-    # zero_shot one more test decode
-    references: list[Literal["popularity", "zero_shot"]] = field(default_factory=lambda: ["popularity"])
-
-
-@dataclass
-class Config:
-    seed: int = 42
-    output_dir: str = "runs/default"
-    data: DataConfig = field(default_factory=DataConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+from bearrec.sections import (PRESETS, AnalysisConfig, BearConfig, CftConfig, Config, D2lrConfig,  # noqa: F401
+                              DataConfig, DecodeConfig, IgdConfig, LoraConfig, LossConfig, ModelConfig,
+                              PreferenceConfig, PrepareConfig, PromptConfig, Section, TinyModelConfig, TrainConfig,
+                              check, setting)
 
 
 # What a config written before a key existed ran with (a missing key is not today's default).
@@ -249,7 +94,7 @@ def identity(data: dict) -> dict:
     loss = out.get("loss") or {}
     method = REGISTRY.get(loss.get("name"))
     if method is not None:
-        for section in ("tau", "bear", "pref"):
+        for section in [f.name for f in dataclasses.fields(LossConfig) if f.name != "name"]:
             if section not in method.sections:
                 loss.pop(section, None)
     for key in NOT_MEASURED:
@@ -386,7 +231,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: 
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     for override in overrides:
         apply_override(data, override, cls)
+    if cls is Config:
+        apply_preset(data)
     return from_dict(data, cls, source=source)
+
+
+def apply_preset(data: dict) -> None:
+    """`decode.preset`: fill in the values the preset implies where the config does not give them
+    (a given value that contradicts the preset is refused when the section is built)."""
+    decode = data.get("decode")
+    if isinstance(decode, dict) and decode.get("preset") in PRESETS:
+        for key, value in PRESETS[decode["preset"]].items():
+            decode.setdefault(key, value)
+
+
+def declared(key: str, cls: type = Config) -> tuple[Any, Any, str]:
+    """(type, default, help) of a setting as `bearrec.sections` declares it, e.g. `decode.num_beams`."""
+    *path, last = key.split(".")
+    for part in path:
+        cls = typing.get_type_hints(cls)[part]
+    f = {f.name: f for f in dataclasses.fields(cls)}[last]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return typing.get_type_hints(cls)[last], default, f.metadata.get("help", "")
 
 
 def to_dict(config: Any) -> dict:

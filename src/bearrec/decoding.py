@@ -15,22 +15,45 @@ length_penalty=lp, prefix_allowed_tokens_fn=<trie>, renormalize_logits=constrain
 Hugging Face pads the first step with B-1 copies of the prompt scored -1e9; they can never outrank
 a real hypothesis, so they are simply absent here: only real catalogue titles come back, distinct.
 
-Speed, without changing results: each prompt is prefilled once (not B times) and its KV cache is
-gathered to its live beams only; allowed tokens come from the trie arrays for all beams at once;
-under `constrained_softmax` the LM head is computed only for the tokens some beam may emit.
+Speed, without changing results (`bearrec.feeding`, `bearrec.chains`): each prompt is prefilled
+once (not B times), the batch's common prefix (the template) once for all; a beam's generated
+tokens are kept apart from its prompt's KV (`bearrec.prefix_attention`); allowed tokens come from
+the trie arrays for all beams at once; under `constrained_softmax` the LM head is computed only for
+the tokens some beam may emit, and a beam at a trie node with one child is scored log 1 = 0 without
+the model and fed its waiting tokens in one forward when it next branches; under the full softmax a
+run of steps where every beam's next token is forced is computed in one forward. Results equal the
+one-step-at-a-time schedule (`forced_chains=False`) to float rounding (chunked forwards sum in
+another order: scores agree to ~2e-7 with SmolLM2 on Office, tested to 1e-5).
+
+The search reads top to bottom in `_decode`: `Prefilled` (prefill the prompts), then per step
+`_score_children` (every live beam's trie children and their scores; the model runs only where
+needed), `_select` (each prompt's top 2B candidates; an `on_select` hook may observe them, as
+`prefix_thresholds` does), `_finish` (EOS candidates become hypotheses; prompts that cannot improve
+stop) and `_reorder` (the continuing candidates become the next beams; the cache follows them at the
+next forward).
+
+Host synchronisations per step (shared-prefix cache; the bookkeeping above is all on the host):
+none at a step where no beam needs the model (every beam at a one-child node under the constrained
+softmax, or inside a forced chain under the full one); one where the model runs: the copy of the
+children's log-probabilities to the host. The index tensors go to the device in pinned,
+non-blocking copies; the attention kernel has no data-dependent shapes. With Hugging Face's cache
+(architectures `prefix_attention` does not support) every step runs the model and its mask code.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from bearrec import prefix_attention
+from bearrec import chains, ragged
+from bearrec.feeding import Prefilled
 from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
+
+__all__ = ["Ranked", "Prefilled", "DecodeStats", "beam_search", "prefix_thresholds", "BthCandidateScores"]
 
 
 @dataclass
@@ -42,210 +65,266 @@ class Ranked:
     nodes: list[int] = field(default_factory=list)  # trie terminals (-> item ids)
 
 
-def _split_model(model):
-    """(backbone, lm_head, full_logits_only) for a causal LM, a peft wrapper included."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    backbone = getattr(base, base.base_model_prefix, None)
-    head = base.get_output_embeddings()
-    special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-    if backbone is None or head is None or special or not isinstance(head, torch.nn.Linear):
-        return base, None, True
-    return backbone, head, False
-
-
-class _Scorer:
-    """Last-position hidden states -> log-probabilities of the trie children of each beam."""
-
-    def __init__(self, model, constrained_softmax: bool):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.backbone, self.head, self.full_only = _split_model(model)
-        self.constrained = constrained_softmax
-
-    def forward(self, input_ids, attention_mask, position_ids, cache):
-        input_ids, attention_mask, position_ids = (t.to(self.device) for t in (input_ids, attention_mask, position_ids))
-        if self.full_only:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float(), out.cache
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.cache
-
-    def child_log_probs(self, state: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor,
-                        counts: torch.Tensor) -> torch.Tensor:
-        """`state`: hidden states (or full logits); children flat (row, token). Returns float32 log-probs
-        on the CPU, where the beam bookkeeping lives."""
-        rows, toks, counts = rows.to(self.device), toks.to(self.device), counts.to(self.device)
-        return self._child_log_probs(state, rows, toks, counts).cpu()
-
-    def _child_log_probs(self, state, rows, toks, counts):
-        if self.full_only or not self.constrained:
-            logits = state.float() if self.full_only else self.head(state).float()
-            if self.constrained:
-                return _segment_log_softmax(logits[rows, toks], rows, counts)
-            return logits.log_softmax(-1)[rows, toks]
-        uniq, inverse = torch.unique(toks, return_inverse=True)
-        weight = self.head.weight[uniq]
-        sub = state @ weight.T
-        if self.head.bias is not None:
-            sub = sub + self.head.bias[uniq]
-        return _segment_log_softmax(sub.float()[rows, inverse], rows, counts)
-
-
-def _segment_log_softmax(values: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """log-softmax within each group of consecutive entries (group sizes `counts`)."""
-    n, width = len(counts), int(counts.max()) if len(counts) else 0
-    starts = torch.cumsum(counts, 0) - counts
-    offsets = torch.arange(len(values), device=values.device) - starts[rows]
-    padded = torch.full((n, width), float("-inf"), dtype=values.dtype, device=values.device)
-    padded[rows, offsets] = values
-    return values - torch.logsumexp(padded, dim=1)[rows]
-
-
-class _Prefilled:
-    """Prompts prefilled once (left padding) and the cache their continuations extend: the shared-
-    prefix cache where the architecture allows, else Hugging Face's. `advance` feeds one token to
-    each live row; rows are reordered from their parents first."""
-
-    def __init__(self, model, prompts: list[list[int]], constrained_softmax: bool, pad_token_id: int,
-                 shared_prefix: bool | None):
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        self.model, self.scorer = model, _Scorer(model, constrained_softmax)
-        n, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-        self.prompt_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding
-            input_ids[i, width - len(p):] = torch.as_tensor(p)
-            self.prompt_mask[i, width - len(p):] = 1
-        self.prompt_len = self.prompt_mask.sum(1)
-        positions = (self.prompt_mask.cumsum(1) - 1).clamp(min=0)
-        self.state, self.cache = self.scorer.forward(input_ids, self.prompt_mask, positions, None)
-        self.shared = prefix_attention.supports(model) if shared_prefix is None else shared_prefix
-        if self.shared:
-            self.cache = prefix_attention.SharedPrefixCache(self.cache, self.prompt_mask)
-
-    def attention(self):
-        """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""
-        return prefix_attention.active(self.model, self.cache) if self.shared else nullcontext()
-
-    def advance(self, parent: torch.Tensor, row_prompt: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
-        """Rows `parent` (of the previous rows) each take `tokens`; `step` tokens generated so far,
-        this one included. Returns the new last-position states."""
-        self.cache.reorder_cache(parent)
-        if self.shared:
-            self.cache.set_beams(row_prompt)
-            attn = torch.zeros((len(parent), 1, 1, 1))  # 4-D: the model skips mask building; unused
-        else:
-            attn = torch.cat([self.prompt_mask[row_prompt], torch.ones((len(parent), step), dtype=torch.long)], dim=1)
-        pos = (self.prompt_len[row_prompt] + step - 1)[:, None]
-        self.state, self.cache = self.scorer.forward(tokens[:, None], attn, pos, self.cache)
-        return self.state
+# An `on_select` hook: called once per step with each prompt's top candidate scores (prompts x k,
+# best first, -inf where a prompt has fewer than k) and which prompts are still searching.
+SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @torch.no_grad()
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
-                shared_prefix: bool | None = None, ghost_threshold: float | None = None) -> list[Ranked]:
+                shared_prefix: bool | None = None, ghost_threshold: float | None = None,
+                forced_chains: bool = True, stats: "DecodeStats | None" = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
     the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
     ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
-    (None: every token counts, Hugging Face's rule)."""
+    (None: every token counts, Hugging Face's rule). `forced_chains`: False feeds every beam every
+    step (the reference schedule, for tests and benchmarks; same results to float rounding).
+    `stats`: filled with step and forward counts."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
-    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
+    run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode_loop(run, trie, num_beams, length_penalty, ghost_threshold)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats)
 
 
 @torch.no_grad()
 def prefix_thresholds(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
-                      constrained_softmax: bool = True, pad_token_id: int = 0) -> list[list[float]]:
+                      constrained_softmax: bool = True, pad_token_id: int = 0,
+                      forced_chains: bool = True) -> list[list[float]]:
     """Per prompt, per step t = 1, 2, ...: the prefix log-probability of the candidate ranked B-th
     at step t of the beam search (the score a length-t prefix must reach to stay in the top B);
     -inf where fewer than B candidates exist. A prompt's list ends when its search stops. Used by
     the `beam_sim` loss (the paper's Objective 3.1)."""
-    run = _Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
-    record: list[list[float]] = [[] for _ in prompts]
+    run = Prefilled(model, prompts, constrained_softmax, pad_token_id, None)
+    recorder = BthCandidateScores(len(prompts), num_beams)
     with run.attention():
-        _decode_loop(run, trie, num_beams, 1.0, record=record)
-    return record
+        _decode(run, trie, num_beams, 1.0, on_select=recorder, forced_chains=forced_chains)
+    return recorder.per_prompt
 
 
-def _decode_loop(run: _Prefilled, trie: TitleTrie, B: int, length_penalty: float,
-                 ghost_threshold: float | None = None, record: list[list[float]] | None = None) -> list[Ranked]:
-    n, eos, scorer, state = len(run.prompt_len), trie.eos_token_id, run.scorer, run.state
+class BthCandidateScores:
+    """`on_select` hook of `prefix_thresholds`: appends, for every prompt still searching, the
+    score of its B-th candidate at this step (-inf where it has fewer than B)."""
 
-    # live beams, grouped by prompt and in rank order within a prompt
-    beam_prompt = torch.arange(n)
-    beam_node = torch.zeros(n, dtype=torch.long)
-    beam_score = torch.zeros(n)
-    beam_tokens = torch.zeros((n, 0), dtype=torch.long)
-    beam_len = torch.zeros(n)  # the length that normalises: all tokens, or the non-ghost ones
-    log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
-    finished: list[list[tuple[float, tuple[int, ...], int]]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    step = 0
-    while len(beam_prompt):
-        counts, toks, children = trie.children(beam_node)
-        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        step_lp = scorer.child_log_probs(state, rows, toks, counts)
-        if bool(torch.isnan(step_lp).any()):
-            raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
-                             "training run?): nothing can be ranked")
-        acc = beam_score[rows] + step_lp
-        cand_len = beam_len[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
-        cand_prompt = beam_prompt[rows]
-        # per-prompt candidate lists in (beam rank, token) order, as HF's flattened beam * vocab index
-        per_prompt = torch.bincount(cand_prompt, minlength=n)
-        first = torch.cumsum(per_prompt, 0) - per_prompt
-        slot = torch.arange(len(acc)) - first[cand_prompt]
-        table = torch.full((n, int(per_prompt.max()) if len(acc) else 1), float("-inf"))
-        table[cand_prompt, slot] = acc
-        k = min(2 * B, table.shape[1])
-        top_scores, top_slots = table.topk(k, dim=1)
-        top_idx = (first[:, None] + top_slots).clamp(max=max(len(acc) - 1, 0))
-        valid = torch.isfinite(top_scores)
-        if record is not None:
-            bth = top_scores[:, B - 1] if k >= B else torch.full((n,), float("-inf"))
-            for p in range(n):
-                if not done[p]:
-                    record[p].append(float(bth[p]))
-        is_eos = valid & (toks[top_idx] == eos) if len(acc) else valid
-        norm = cand_len[top_idx].clamp(min=1.0) ** length_penalty if len(acc) else torch.ones_like(top_scores)
-        rank = torch.arange(k)[None, :]
-        finishing = is_eos & (rank < B)
-        for p, j in finishing.nonzero().tolist():
-            i = int(top_idx[p, j])
-            r = int(rows[i])
-            entry = (float(top_scores[p, j] / norm[p, j]), (*beam_tokens[r].tolist(), eos), int(children[i]))
-            finished[p] = sorted(finished[p] + [entry], key=lambda e: -e[0])[:B]
-        running = valid & ~is_eos
-        running &= (running.cumsum(1) <= B)
-        # Hugging Face's stopping heuristic, per prompt
-        best = torch.where(running, top_scores / norm, torch.tensor(float("-inf"))).max(dim=1).values
-        for p in range(n):
-            if done[p]:
+    def __init__(self, num_prompts: int, num_beams: int):
+        self.num_beams = num_beams
+        self.per_prompt: list[list[float]] = [[] for _ in range(num_prompts)]
+
+    def __call__(self, top_scores: torch.Tensor, searching: torch.Tensor) -> None:
+        B = self.num_beams
+        bth = top_scores[:, B - 1] if top_scores.shape[1] >= B else torch.full((len(top_scores),), float("-inf"))
+        for p in searching.nonzero()[:, 0].tolist():
+            self.per_prompt[p].append(float(bth[p]))
+
+
+@dataclass
+class DecodeStats:
+    """Counts of one or more searches (`beam_search(stats=...)` adds to them)."""
+
+    steps: int = 0  # decoding steps (each ranks every live beam's trie children)
+    all_forced_steps: int = 0  # steps where every live beam of every prompt had exactly one child
+    beam_steps: int = 0  # live beams summed over steps
+    forced_beam_steps: int = 0  # of them, at a node with one child
+    forwards: int = 0  # model forwards after the prefill
+    tokens_fed: int = 0  # generated tokens those forwards fed
+
+    def count(self, counts: torch.Tensor) -> None:
+        forced = int((counts == 1).sum())
+        self.steps, self.beam_steps, self.forced_beam_steps = self.steps + 1, self.beam_steps + len(counts), \
+            self.forced_beam_steps + forced
+        self.all_forced_steps += forced == len(counts)
+
+
+# ---- the search, stage by stage ----------------------------------------------------------------
+@dataclass
+class _Beams:
+    """Live beams, grouped by prompt and in rank order within a prompt."""
+
+    prompt: torch.Tensor  # (M,) the prompt each beam extends
+    node: torch.Tensor  # (M,) trie node reached
+    score: torch.Tensor  # (M,) sum of token log-probs
+    tokens: torch.Tensor  # (M, steps) generated token ids
+    length: torch.Tensor  # (M,) the length that normalises: all tokens, or the non-ghost ones
+    row: torch.Tensor  # (M,) its row in the model's cache (rows are gathered when the model is next run)
+    fed: torch.Tensor  # (M,) how many of its tokens the cache holds (the rest wait for a forward)
+    ahead: torch.Tensor  # (M, j) log-probs of its next j forced tokens, computed in a chain's forward
+
+    @classmethod
+    def start(cls, num_prompts: int) -> "_Beams":
+        """One empty beam per prompt, at the trie root."""
+        n, long = num_prompts, dict(dtype=torch.long)
+        return cls(torch.arange(n), torch.zeros(n, **long), torch.zeros(n), torch.zeros((n, 0), **long), torch.zeros(n),
+                   torch.arange(n), torch.zeros(n, **long), torch.zeros((n, 0)))
+
+
+@dataclass
+class _Candidates:
+    """Every live beam's trie children, flat in (beam, token) order: Hugging Face's flattened
+    beam * vocabulary order, restricted to the trie."""
+
+    beam: torch.Tensor  # the beam each candidate extends
+    prompt: torch.Tensor  # its prompt (grouped: beams are)
+    token: torch.Tensor
+    node: torch.Tensor  # the trie node it reaches
+    score: torch.Tensor  # the beam's score + the token's log-prob
+    length: torch.Tensor  # the beam's length + this token's (1, or 0 for a ghost token)
+
+
+@dataclass
+class _Top:
+    """Each prompt's best k = min(2B, most candidates of a prompt) candidates, best first."""
+
+    scores: torch.Tensor  # (prompts, k), -inf where a prompt has fewer
+    index: torch.Tensor  # (prompts, k) into the flat candidates (clamped where invalid)
+    valid: torch.Tensor  # (prompts, k) a real candidate
+
+
+class _Hypotheses:
+    """Finished hypotheses per prompt (the best B, best first) and the prompts whose search stopped."""
+
+    def __init__(self, num_prompts: int, num_beams: int):
+        self.num_beams = num_beams
+        self.finished: list[list[tuple[float, tuple[int, ...], int]]] = [[] for _ in range(num_prompts)]
+        self.done = torch.zeros(num_prompts, dtype=torch.bool)
+
+    def add(self, p: int, score: float, path: tuple[int, ...], node: int) -> None:
+        self.finished[p] = sorted(self.finished[p] + [(score, path, node)], key=lambda e: -e[0])[:self.num_beams]
+
+    def stop(self, running: torch.Tensor, best: torch.Tensor) -> None:
+        """Hugging Face's stopping heuristic: a prompt is done when no candidate continues, or when
+        its B slots are full and its best continuing score `best` cannot beat the worst finished one."""
+        for p, finished in enumerate(self.finished):
+            if self.done[p]:
                 continue
-            full = len(finished[p]) == B
-            if not bool(running[p].any()) or (full and float(best[p]) <= finished[p][-1][0]):
-                done[p] = True
-        running &= ~done[:, None]
-        sel_p, sel_j = running.nonzero(as_tuple=True)
-        if len(sel_p) == 0:
+            full = len(finished) == self.num_beams
+            if not bool(running[p].any()) or (full and float(best[p]) <= finished[-1][0]):
+                self.done[p] = True
+
+    def ranked(self) -> list[Ranked]:
+        return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in self.finished]
+
+
+def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
+            on_select: SelectHook | None = None, forced_chains: bool = True,
+            stats: DecodeStats | None = None) -> list[Ranked]:
+    """The beam search over prefilled prompts (runs inside `run.attention()`)."""
+    n = len(run.prompt_len)
+    log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
+    beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
+    lazy = forced_chains and run.scorer.constrained and run.shared
+    chain = forced_chains and not run.scorer.constrained and run.shared
+    while len(beams.prompt):
+        candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats)
+        top = _select(candidates, n, B)
+        if on_select is not None:
+            on_select(top.scores, ~hypotheses.done)
+        running = _finish(top, candidates, beams, hypotheses, trie.eos_token_id, length_penalty)
+        if not bool(running.any()):
             break
-        cand = top_idx[sel_p, sel_j]
-        parent = rows[cand]
-        beam_prompt, beam_node, beam_score = sel_p, children[cand], top_scores[sel_p, sel_j]
-        beam_len = cand_len[cand]
-        new_tok = toks[cand]
-        beam_tokens = torch.cat([beam_tokens[parent], new_tok[:, None]], dim=1)
-        step += 1
-        state = run.advance(parent, beam_prompt, new_tok, step)  # cache rows follow the live beams
-    return [Ranked([e[1] for e in f], [e[0] for e in f], [e[2] for e in f]) for f in finished]
+        beams = _reorder(top, running, candidates, beams)
+    return hypotheses.ranked()
+
+
+def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None, lazy: bool,
+                    chain: bool, stats: DecodeStats | None = None) -> _Candidates:
+    """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
+    (under the constrained or the full softmax) and its normalising length. Which beams the model
+    runs on, and when, is `bearrec.chains`'s: `lazy` (constrained softmax) scores a one-child node
+    log 1 = 0 unfed; `chain` (full softmax) computes a run of all-forced steps in one forward."""
+    counts, toks, children = trie.children(beams.node)
+    rows = ragged.segment_ids(counts)
+    if stats is not None:
+        stats.count(counts)
+    step_lp = _model_log_probs(run, trie, beams, counts, rows, toks, lazy, chain, stats)
+    if bool(torch.isnan(step_lp).any()):
+        raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
+                         "training run?): nothing can be ranked")
+    length = beams.length[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
+    return _Candidates(rows, beams.prompt[rows], toks, children, beams.score[rows] + step_lp, length)
+
+
+def _model_log_probs(run: Prefilled, trie: TitleTrie, beams: _Beams, counts, rows, toks, lazy: bool, chain: bool,
+                     stats: DecodeStats | None) -> torch.Tensor:
+    """Log-probs of the children: from a running chain, or fed beams' states (0 for the others)."""
+    steps = beams.tokens.shape[1]
+    if beams.ahead.shape[1]:  # inside a chain: every beam has one child, its log-prob computed
+        step_lp, beams.ahead = beams.ahead[:, 0], beams.ahead[:, 1:]
+        return step_lp
+    forced = chains.plan(trie, beams.node, counts) if chain and steps else None
+    if forced is not None:  # every beam feeds its waiting token and the next k - 1 forced ones
+        m, k = forced.shape
+        need = torch.arange(m)
+        states = run.feed(beams.row, beams.prompt, torch.cat([beams.tokens, forced[:, :-1]], 1), beams.fed, need,
+                          steps + k - 1, keep=k).view(m, k, -1)
+        _count_feed(stats, steps + k - 1 - beams.fed)
+        beams.row, beams.fed = need, torch.full((m,), steps + k - 1)
+        one = torch.ones(m, dtype=torch.long)
+        ahead = torch.stack([run.scorer.child_log_probs(states[:, j], need, forced[:, j], one, host=False)
+                             for j in range(k)], dim=1).cpu()  # one copy to the host for the k steps
+        beams.ahead = ahead[:, 1:]
+        return ahead[:, 0]
+    needs = chains.needs_state(counts, lazy)
+    need = needs.nonzero()[:, 0]
+    step_lp = torch.zeros(len(toks))
+    if len(need):
+        states = run.feed(beams.row, beams.prompt, beams.tokens, beams.fed, need, steps)
+        if steps:
+            _count_feed(stats, steps - beams.fed[need])
+        beams.row, beams.fed[need] = torch.arange(len(counts)), steps
+        scored = needs[rows]
+        place = needs.cumsum(0) - 1  # each needing beam's row among the states
+        step_lp[scored] = run.scorer.child_log_probs(states, place[rows[scored]], toks[scored], counts[need])
+    return step_lp
+
+
+def _count_feed(stats: DecodeStats | None, tokens: torch.Tensor) -> None:
+    if stats is not None:
+        stats.forwards, stats.tokens_fed = stats.forwards + 1, stats.tokens_fed + int(tokens.sum())
+
+
+def _select(candidates: _Candidates, n: int, B: int) -> _Top:
+    """Select stage: each prompt's top 2B candidates (fewer where it has fewer), as Hugging Face
+    ranks its flattened beam * vocabulary scores."""
+    per_prompt = torch.bincount(candidates.prompt, minlength=n)
+    table = ragged.padded(candidates.score, per_prompt, float("-inf"), ids=candidates.prompt, min_width=1)
+    scores, slots = table.topk(min(2 * B, table.shape[1]), dim=1)
+    index = (ragged.segment_starts(per_prompt)[:, None] + slots).clamp(max=max(len(candidates.score) - 1, 0))
+    return _Top(scores, index, torch.isfinite(scores))
+
+
+def _finish(top: _Top, candidates: _Candidates, beams: _Beams, hypotheses: _Hypotheses, eos: int,
+            length_penalty: float) -> torch.Tensor:
+    """Finish stage: an EOS candidate among its prompt's first B finishes a hypothesis scored
+    sum / length ** length_penalty; then prompts that cannot improve stop. Returns the (prompts, k)
+    mask of the candidates that continue: the best B non-EOS ones of each prompt still searching."""
+    B = hypotheses.num_beams
+    any_candidate = len(candidates.score) > 0
+    is_eos = top.valid & (candidates.token[top.index] == eos) if any_candidate else top.valid
+    norm = (candidates.length[top.index].clamp(min=1.0) ** length_penalty if any_candidate
+            else torch.ones_like(top.scores))
+    rank = torch.arange(top.scores.shape[1])[None, :]
+    for p, j in (is_eos & (rank < B)).nonzero().tolist():
+        i = int(top.index[p, j])
+        path = (*beams.tokens[int(candidates.beam[i])].tolist(), eos)
+        hypotheses.add(p, float(top.scores[p, j] / norm[p, j]), path, int(candidates.node[i]))
+    running = top.valid & ~is_eos
+    running &= (running.cumsum(1) <= B)
+    best = torch.where(running, top.scores / norm, torch.tensor(float("-inf"))).max(dim=1).values
+    hypotheses.stop(running, best)
+    return running & ~hypotheses.done[:, None]
+
+
+def _reorder(top: _Top, running: torch.Tensor, candidates: _Candidates, beams: _Beams) -> _Beams:
+    """Reorder stage: the continuing candidates become the next beams (grouped by prompt, in rank
+    order); each keeps its parent's cache row (the cache follows at the next forward)."""
+    sel_p, sel_j = running.nonzero(as_tuple=True)
+    cand = top.index[sel_p, sel_j]
+    parent = candidates.beam[cand]
+    tokens = torch.cat([beams.tokens[parent], candidates.token[cand][:, None]], dim=1)
+    return _Beams(sel_p, candidates.node[cand], top.scores[sel_p, sel_j], tokens, candidates.length[cand],
+                  beams.row[parent], beams.fed[parent], beams.ahead[parent])

@@ -25,7 +25,14 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
 
     check_config(cfg)
     run_dir = Path(cfg.output_dir)
+    method = methods.get(cfg.loss.name)
     with claim(run_dir, cfg, force=force) as state:
+        if method.train is not None:  # a conventional reference: no LLM, no trie, no pruning analysis
+            if "train" not in state["done"]:
+                method.train(cfg)
+                mark(run_dir, "train")
+            write_report(cfg, run_dir)
+            return run_dir
         if "train" not in state["done"]:
             train(cfg, resume=True)
             mark(run_dir, "train")
@@ -40,25 +47,14 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     return run_dir
 
 
-def run_recommender(cfg: Config, run_dir: Path):
-    """(dataset, Recommender) of a finished run: its exported `model/` with the run's prompt and decoding."""
-    from bearrec.data import load_dataset
-    from bearrec.data.encode import build_encoder
-    from bearrec.evaluation import Recommender
-    from bearrec.modeling import load_tokenizer
-    from bearrec.training import _load_exported
-
-    dataset = load_dataset(cfg.data)
-    model = _load_exported(run_dir / "model", cfg)
-    encoder = build_encoder(cfg.prompt, dataset, load_tokenizer(run_dir / "model"), model)
-    return dataset, Recommender(model, encoder, cfg.decode)
-
-
 def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
     from bearrec.evaluation import seeded_subset
 
-    dataset, recommender = run_recommender(cfg, run_dir)
+    from bearrec.runs import load_run
+
+    loaded = load_run(run_dir)
+    dataset, recommender = loaded.dataset, loaded.recommender
     indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users)
     result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress)
     write_pruning(run_dir / "pruning-test", result)
@@ -165,8 +161,8 @@ def _markdown(s: dict, run_dir: Path) -> str:
                  else "no epoch trained in the last process")
         if t["resumed"]:
             speed += f" (resumed: the {t.get('epochs_this_process', 0):g} epoch(s) after the checkpoint)"
-        lines += ["## Training", "", f"{t['num_train_examples']} examples, {t['global_steps']} optimiser steps, {speed}",
-                  ""]
+        steps = f"{t['global_steps']} optimiser steps, " if t.get("global_steps") is not None else ""
+        lines += ["## Training", "", f"{t['num_train_examples']} examples, {steps}{speed}", ""]
     p = s["pruning"]
     if p:
         lines += [f"## Pruning ({p['num_users']} test users)", "", "| K | eligible | pruned | PR@K | violating |",

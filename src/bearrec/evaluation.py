@@ -33,10 +33,6 @@ class Recommendation:
 
 class Recommender:
     def __init__(self, model, encoder: Encoder, decode: DecodeConfig):
-        if decode.num_beams < 1:
-            raise ValueError(f"decode.num_beams must be >= 1, got {decode.num_beams}")
-        if decode.batch_size < 1:
-            raise ValueError(f"decode.batch_size must be >= 1, got {decode.batch_size}")
         device = distributed_state().device  # this process's GPU when there is one, else the CPU
         if next(model.parameters()).device != device:
             model = model.to(device)

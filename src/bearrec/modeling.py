@@ -141,6 +141,11 @@ def apply_lora(model, cfg: LoraConfig):
     return get_peft_model(model, peft_cfg)
 
 
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (LoRA); any other model as it is."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_model(cfg: ModelConfig, texts: Iterable[str] | None = None, seed: int = 0):
     """(model, tokenizer) for a config. `texts` trains the tokenizer of a `tiny` model."""
     dtype = DTYPES[cfg.dtype]

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bearrec.data.encode import Encoder
 from bearrec.errors import BearrecError
 from bearrec.losses.allowed import log_probs
-from bearrec.losses.preference import sum_by_row
+from bearrec.ragged import segment_sum
 
 
 def sample_negatives(targets: list[int], encoder: Encoder, num_negatives: int, seed: int) -> list[list[int]]:
@@ -95,7 +95,7 @@ def group_log_probs(model, batch: dict) -> torch.Tensor:
     lp, _ = log_probs(logits, batch["targets"].to(device), None)
     group = batch["group_size"]
     rows = batch["resp_rows"].to(device)
-    return sum_by_row(lp, rows, len(batch["input_ids"])).view(-1, group).float().cpu()
+    return segment_sum(lp, rows, len(batch["input_ids"])).view(-1, group).float().cpu()
 
 
 def reference_log_probs(model, dataset: PreferenceSet, collator: PreferenceCollator, path: Path, key: dict,

@@ -117,10 +117,36 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
         for line in preds.read_text().splitlines():
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
-    suffix = "" if evaluation == "eval-test" else f" [{evaluation.removeprefix('eval-test-')}]"
+    suffix = "" if evaluation in ("eval-test", *REFERENCE_ROWS) else f" [{evaluation.removeprefix('eval-test-')}]"
     label = method_label(cfg) + suffix
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "settings": run_settings(cfg), "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}
+
+
+# reference rows (`bearrec.references`, the runs' ref-<name>/ folders): the row label and whether the
+# reference depends on the seed (popularity does not: one row entry per dataset)
+REFERENCE_ROWS = {"ref-popularity": ("popularity", False), "ref-zero_shot": ("zero-shot (untrained model)", True)}
+
+
+def load_references(run_dirs: list[str | Path]) -> list[dict]:
+    """The reference rows found beside the runs: one entry per (reference, dataset, seed where it
+    matters); the runs that share it must agree user by user, or it is an error naming both."""
+    out: dict[tuple, dict] = {}
+    for d in run_dirs:
+        for folder, (label, by_seed) in REFERENCE_ROWS.items():
+            if not (Path(d) / folder / "metrics.json").exists():
+                continue
+            r = load_run(d, folder)
+            r["base"] = r["method"] = label
+            r["settings"] = {}
+            if not by_seed:
+                r["seed"] = 0
+            key = (label, r["dataset"], r["seed"])
+            if key in out and out[key]["ranks"] != r["ranks"]:
+                raise BearrecError(f"{out[key]['dir']} and {d}: their {folder}/ differ on {r['dataset']} (other data, "
+                                   f"decoding or model settings); compare runs that share them")
+            out.setdefault(key, r)
+    return list(out.values())
 
 
 def per_user_ndcg(runs: list[dict], k: int = 10) -> dict[int, dict[int, float]]:
@@ -146,11 +172,14 @@ def difference(a_runs: list[dict], b_runs: list[dict], samples: int = 2000, seed
 
 
 def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluations: tuple[str, ...] = ("eval-test",),
-            pairs: list[tuple[str, str]] = ()) -> dict:
+            pairs: list[tuple[str, str]] = (), references: bool = False) -> dict:
     """The table's cells and, per dataset, NDCG@10 differences: best row - best other, and every
-    (a, b) of `pairs` (row labels) that has runs on that dataset."""
+    (a, b) of `pairs` (row labels) that has runs on that dataset. `references`: also the rows of
+    the runs' reference points (popularity, zero-shot) on the same test users."""
     runs = [load_run(d, e) for d in run_dirs for e in evaluations]
     label_runs(runs)
+    if references:
+        runs += load_references(run_dirs)
     datasets = sorted({r["dataset"] for r in runs})
     methods = sorted({r["method"] for r in runs})
     for pair in pairs:

@@ -125,6 +125,14 @@ def mark(run_dir: Path, step: str) -> None:
     atomic_write_text(run_dir / "run.json", json.dumps(state, indent=2) + "\n")
 
 
+def _same_run_older_identity(run_dir: Path, digest: str) -> bool:
+    """True when the run's own config.yaml, read by this bearrec, is this config: run.json's hash
+    was computed by an older bearrec whose identity lacked settings added since (with their default,
+    or their LEGACY value, they are the same experiment)."""
+    stored = _stored_config(run_dir)
+    return stored is not None and config_hash(stored) == digest
+
+
 @contextmanager
 def claim(run_dir: str | Path, cfg: Config, force: bool = False):
     """Lock `run_dir` for this process and make sure it belongs to `cfg`; yields run.json's state."""
@@ -158,6 +166,10 @@ def claim(run_dir: str | Path, cfg: Config, force: bool = False):
             if not force:
                 raise
             recorded = "unreadable"
+        if recorded is not None and recorded != digest and _same_run_older_identity(run_dir, digest):
+            state = read_state(run_dir)  # keep its finished steps; record the hash as this bearrec computes it
+            atomic_write_text(run_dir / "run.json", json.dumps({**state, "config_hash": digest}, indent=2) + "\n")
+            recorded = digest
         if recorded is not None and recorded != digest:
             if not force:
                 raise RunDirectoryError(

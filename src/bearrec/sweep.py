@@ -8,6 +8,7 @@ keys is scored by its validation NDCG averaged over the seeds, and the plots sho
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -17,8 +18,11 @@ import sys
 from pathlib import Path
 
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, load_config
+from bearrec.config import Config, LossConfig, load_config
 from bearrec.errors import BearrecError, ConfigError
+
+
+LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -29,7 +33,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,...")
         key, values = spec.split("=", 1)
         key = key.strip()
-        if key.startswith("bear.") or key in ("tau", "name"):
+        if key.split(".")[0] in LOSS_KEYS:  # tau, name, and the sub-sections: bear., pref., cft., d2lr., igd.
             key = f"loss.{key}"
         grid[key] = [v.strip() for v in values.split(",") if v.strip()]
         if not grid[key]:

@@ -24,18 +24,19 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, save_config, to_dict
+from bearrec.config import Config, check, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
-from bearrec.errors import BearrecError
+from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
-from bearrec import methods
+from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
 from bearrec.losses.beam_sim import align_thresholds
 from bearrec.metrics import summarize
 from bearrec.modeling import save_pretrained
 from bearrec.rundir import RunDirectoryError, claim, clear_results, has_results, mark
-from bearrec.selection import RULES, choose_epoch, user_scores
+from bearrec.runs import load_exported
+from bearrec.selection import choose_epoch, user_scores
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -63,15 +64,10 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict:
-        seqs = [f["prompt_ids"] + f["target_ids"] for f in features]
-        width = max(map(len, seqs))
+        input_ids, mask = ragged.pad_sequences([f["prompt_ids"] + f["target_ids"] for f in features], self.pad_token_id)
         keep = max(len(f["target_ids"]) for f in features)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
         rows, cols, targets, nodes = [], [], [], []
-        for i, (f, seq) in enumerate(zip(features, seqs)):
-            input_ids[i, width - len(seq):] = torch.tensor(seq)
-            mask[i, width - len(seq):] = 1
+        for i, f in enumerate(features):
             n = len(f["target_ids"])
             # kept logits cover the last keep + 1 positions; position j of them predicts token
             # width - keep - 1 + j + 1, so target k (of n) is predicted at j = keep - n + k
@@ -79,7 +75,7 @@ class Collator:
             cols += range(keep - n, keep)
             targets += f["target_ids"]
             nodes += f["nodes"]
-        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": ragged.position_ids(mask),
                 "logits_to_keep": keep + 1, "resp_rows": torch.tensor(rows), "resp_cols": torch.tensor(cols),
                 "targets": torch.tensor(targets), "nodes": torch.tensor(nodes),
                 "prompts": [f["prompt_ids"] for f in features]}
@@ -96,14 +92,16 @@ class BatchLoss:
     positives: torch.Tensor  # tokens of positive sequences (preference groups also hold negatives)
 
 
-def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None) -> BatchLoss:
+def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_model=None,
+               target_counts=None) -> BatchLoss:
     """The configured method's loss of one collated batch (consumes `inputs`). A method that needs
     decoder thresholds (beam_sim) first decodes the batch's prompts with `decoder_model` (the
-    unwrapped model; default `model`)."""
+    unwrapped model; default `model`); "plain_prompt" and "target_counts": `bearrec.needs`."""
     method = methods.get(loss_cfg.name)
     rows, cols = inputs.pop("resp_rows"), inputs.pop("resp_cols")
     targets, nodes, prompts = inputs.pop("targets"), inputs.pop("nodes"), inputs.pop("prompts")
     reference, group = inputs.pop("reference", None), inputs.pop("group_size", 1)
+    plain = inputs.pop("plain", None)
     thresholds = None
     if "thresholds" in method.needs:
         thresholds = beam_thresholds(decoder_model or model, trie, prompts, loss_cfg.bear, pad_token_id)
@@ -113,7 +111,12 @@ def batch_loss(model, inputs: dict, trie, loss_cfg, pad_token_id: int, decoder_m
     lengths = torch.bincount(rows.cpu(), minlength=len(prompts)).tolist()
     if thresholds is not None:
         thresholds = align_thresholds(thresholds, lengths).to(logits.device)
-    num, den = method.parts(methods.Batch(logits, targets, allowed, loss_cfg, rows, lengths, thresholds, reference))
+    batch = methods.Batch(logits, targets, allowed, loss_cfg, rows, lengths, thresholds, reference)
+    if plain is not None:  # "plain_prompt": the same response positions after the history-free prompt
+        batch.plain_logits = model(**plain, use_cache=False).logits[rows, cols]
+    if target_counts is not None:
+        batch.nodes, batch.counts = nodes, target_counts
+    num, den = method.parts(batch)
     return BatchLoss(num, den, outputs, logits, targets, allowed, rows % group == 0)
 
 
@@ -132,15 +135,15 @@ def beam_thresholds(model, trie, prompts: list[list[int]], bear_cfg, pad_token_i
 
 
 class BearTrainer(Trainer):
-    def __init__(self, *args, trie=None, loss_cfg=None, **kwargs):
+    def __init__(self, *args, trie=None, loss_cfg=None, target_counts=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.trie, self.loss_cfg = trie, loss_cfg
+        self.trie, self.loss_cfg, self.target_counts = trie, loss_cfg, target_counts
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for accumulation
         self._condition = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = batch_loss(model, inputs, self.trie, self.loss_cfg, self.data_collator.pad_token_id,
-                           decoder_model=self.accelerator.unwrap_model(model))
+                           decoder_model=self.accelerator.unwrap_model(model), target_counts=self.target_counts)
         num, den = batch.num, batch.den
         world = self.accelerator.num_processes
         if world > 1:  # normalise by the whole global batch; DDP then averages the gradients
@@ -244,22 +247,11 @@ def attention_backends():
 
 
 def check_config(cfg: Config) -> None:
-    """Everything that can be checked before data and model are loaded."""
-    methods.validate(cfg.loss)
-    t = cfg.train
-    for key in ("epochs", "batch_size", "grad_accum", "selection_k", "logging_steps"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.learning_rate <= 0:
-        raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if t.selection_rule not in RULES:
-        raise ValueError(f"train.selection_rule must be one of {', '.join(RULES)}, got {t.selection_rule!r}")
-    if t.min_valid_hits < 0:
-        raise ValueError(f"train.min_valid_hits must be >= 0, got {t.min_valid_hits}")
-    if cfg.decode.num_beams < 1:
-        raise ValueError(f"decode.num_beams must be >= 1, got {cfg.decode.num_beams}")
+    """Every setting again (`bearrec.sections.check`: a config changed in place since it was built),
+    and what training adds."""
+    check(cfg)
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
-        raise ValueError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
+        raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
 
 
 def build_encoder_and_model(cfg: Config, dataset):
@@ -340,7 +332,8 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     encoder, model = build_encoder_and_model(cfg, dataset)
     train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
-    collator = Collator(encoder.tokenizer.pad_token_id)
+    collator, counts = needs.prepare(methods.get(cfg.loss.name), encoder, train_rows,
+                                     Collator(encoder.tokenizer.pad_token_id))
     if "preference" in methods.get(cfg.loss.name).needs:
         train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
     prepare_for_training(model, cfg)  # after the reference log-probs: those stay as they were computed
@@ -350,7 +343,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     args = training_arguments(cfg, run_dir / "checkpoints")
     selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
-                          data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss,
+                          data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,
                           callbacks=[DivergenceGuard(), *([selection] if selection else [])])
     if selection:
         selection.trainer = trainer
@@ -375,7 +368,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     if cfg.train.eval_test:
         best = trainer.accelerator.unwrap_model(trainer.model)
         if selection is not None:
-            best = _load_exported(run_dir / "model", cfg)
+            best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
         preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test, test_idx)
         if trainer.accelerator.is_main_process:
@@ -430,12 +423,3 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
         except (OSError, ValueError):
             shutil.rmtree(path)
     return None
-
-
-def _load_exported(path: Path, cfg: Config):
-    from bearrec.modeling import load_model
-
-    model_cfg = type(cfg.model)(name_or_path=str(path), dtype=cfg.model.dtype)
-    model_cfg.lora.enabled = False
-    model, _ = load_model(model_cfg)
-    return model

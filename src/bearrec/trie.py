@@ -13,10 +13,13 @@ next tokens, or its next nodes, with tensor ops and no Python loop over beams:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from bearrec import ragged
 
 DEAD = -1  # the node id for a prefix that left the trie
 
@@ -72,6 +75,20 @@ class TitleTrie:
                    eos_token_id)
 
     # ---- batched queries ---------------------------------------------------------------------
+    @functools.cached_property
+    def forced_run(self) -> torch.Tensor:
+        """Per node, how many steps from it are forced: 0 at a node with several children or none,
+        else 1 + its only child's (a node whose only child is EOS: 1). `bearrec.chains` uses it."""
+        single = self.num_children == 1
+        only = torch.where(single, self.child_nodes[self.indptr[:-1].clamp(max=max(len(self.child_nodes) - 1, 0))]
+                           if len(self.child_nodes) else torch.zeros_like(self.num_children), 0)
+        run = single.long()
+        while True:  # as many rounds as the longest run: every round extends each run by one
+            nxt = torch.where(single, 1 + run[only], 0)
+            if torch.equal(nxt, run):
+                return run
+            run = nxt
+
     def step(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Node reached from each `nodes[i]` by `tokens[i]`; DEAD where that edge does not exist."""
         nodes = torch.as_tensor(nodes, dtype=torch.long)
@@ -87,18 +104,15 @@ class TitleTrie:
         live = nodes >= 0
         safe = nodes.clamp(min=0)
         counts = torch.where(live, self.num_children[safe], torch.zeros_like(safe))
-        starts = self.indptr[safe]
-        total = int(counts.sum())
-        offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        flat = torch.repeat_interleave(starts, counts) + offsets
+        ids = ragged.segment_ids(counts)
+        flat = self.indptr[safe][ids] + ragged.segment_offsets(counts, ids)
         return counts, self.child_tokens[flat], self.child_nodes[flat]
 
     def allowed_mask(self, nodes: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """(len(nodes), vocab_size) boolean mask of the valid next tokens, built on the fly."""
         counts, toks, _ = self.children(nodes)
-        rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         mask = torch.zeros(len(counts), vocab_size, dtype=torch.bool)
-        mask[rows, toks] = True
+        mask[ragged.segment_ids(counts), toks] = True
         return mask
 
     # ---- single-sequence helpers (tests, analysis) --------------------------------------------
@@ -132,12 +146,9 @@ class TitleTrie:
         """Batched walk: the node each full path ends at (DEAD where it leaves the trie)."""
         if not paths:
             return torch.empty(0, dtype=torch.long)
-        width = max(len(p) for p in paths)
-        toks = torch.full((len(paths), width), -1, dtype=torch.long)
-        for i, p in enumerate(paths):
-            toks[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        toks, _ = ragged.pad_sequences(paths, -1, left=False)
         nodes = torch.zeros(len(paths), dtype=torch.long)
-        for t in range(width):
+        for t in range(toks.shape[1]):
             active = toks[:, t] >= 0
             nodes = torch.where(active, self.step(nodes, toks[:, t].clamp(min=0)), nodes)
         return nodes

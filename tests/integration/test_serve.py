@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bearrec.cli import _inference_setup, build_parser, main
+from bearrec.cli import main
+from bearrec.runs import load_run
 from bearrec.serve.app import Service, create_app
 from bearrec.serve.model import served_model
 from bearrec.serve.server import ServerThread
@@ -38,10 +39,9 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(run_dir):
-    """The model as `bearrec serve --model RUN` loads it (the same `_inference_setup` path)."""
-    args = build_parser().parse_args(["serve", "--model", str(run_dir), "--batch-size", "8"])
-    cfg, dataset, recommender = _inference_setup(args)
-    return served_model(str(run_dir), cfg, dataset, recommender)
+    """The model as `bearrec serve --model RUN --batch-size 8` loads it (`bearrec.runs.load_run`)."""
+    loaded = load_run(run_dir, overrides=["decode.batch_size=8"])
+    return served_model(str(run_dir), loaded.cfg, loaded.dataset, loaded.recommender)
 
 
 @contextmanager

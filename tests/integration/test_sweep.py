@@ -18,6 +18,8 @@ def test_grid_parsing():
         "loss.bear.lam": "0.1", "loss.bear.xi": "1", "train.epochs": "2"}
     with pytest.raises(ConfigError):
         parse_grid(["bear.lam"])
+    assert list(parse_grid(["cft.alpha=0.1", "d2lr.beta=0.1", "igd.beta=0.1", "pref.beta=1", "tau=1"])) == [
+        "loss.cft.alpha", "loss.d2lr.beta", "loss.igd.beta", "loss.pref.beta", "loss.tau"]
 
 
 def test_sweep_end_to_end(tmp_path, capsys, monkeypatch):

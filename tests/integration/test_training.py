@@ -199,9 +199,11 @@ def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "num_beams (B) must be >= 1"),
+    ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "loss.bear.num_beams must be >= 1"),
     ("loss.pref.beta=0", "loss.pref.beta must be > 0"), ("loss.pref.num_negatives=0", "num_negatives must be >= 1"),
     ("loss.bear.xi=0", "xi must be > 0"), ("train.epochs=0", "train.epochs must be >= 1"),
+    ("loss.cft.beta=1.5", "loss.cft.beta must be in [0, 1]"), ("loss.d2lr.beta=-0.1", "loss.d2lr.beta must be >= 0"),
+    ("loss.igd.beta=-1", "loss.igd.beta must be >= 0"),
     ("model.lora.enabled=true", "trained from scratch"),
 ])
 def test_bad_config_fails_before_loading_anything(data_dir, tmp_path, capsys, override, fragment):
@@ -326,3 +328,58 @@ def test_too_many_negatives_is_a_clear_error(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "num_negatives (5) must be below the number of distinct titles (5)" in err and "Traceback" not in err
+
+
+def test_history_free_prompt_logits_equal_unpadded_teacher_forcing(data_dir, tmp_path):
+    """cft's second pass: the plain batch has the same response positions and targets, and its logits
+    there are those of each target after the history-free prompt alone."""
+    from bearrec.needs import PlainPromptCollator
+
+    cfg = _cfg(data_dir, tmp_path / "run")
+    ds = load_authors_dir(data_dir, valid_fraction=0.25)
+    encoder, model = build_encoder_and_model(cfg, ds)
+    model.eval()
+    encoded = encoder.encode_all(ds.train)
+    plain_ids = encoder.plain_prompt_ids()
+    assert plain_ids == encoder.tokenizer("Next:\n")["input_ids"]
+    collate = PlainPromptCollator(Collator(encoder.tokenizer.pad_token_id), plain_ids)
+    batch = collate([TrainingSet(encoded, encoder)[i] for i in range(len(encoded))])
+    with torch.no_grad():
+        got = model(**batch["plain"]).logits[batch["resp_rows"], batch["resp_cols"]]
+        expected = []
+        for e in encoded:
+            full = model(torch.tensor([plain_ids + e.target_ids])).logits[0]
+            expected.append(full[len(plain_ids) - 1: len(plain_ids) - 1 + len(e.target_ids)])
+    assert torch.allclose(got, torch.cat(expected), atol=1e-4)
+    assert batch["targets"].tolist() == [t for e in encoded for t in e.target_ids]
+
+
+@pytest.mark.parametrize("name, neutral, active", [
+    ("cft", ["loss.cft.alpha=0", "loss.cft.beta=1"], ["loss.cft.alpha=0.5"]),
+    ("d2lr", ["loss.d2lr.beta=0"], ["loss.d2lr.beta=0.4", "loss.d2lr.alpha=0.5"]),
+    ("igd", ["loss.igd.beta=1"], ["loss.igd.beta=0.1"]),
+])
+def test_baselines_train_and_reduce_to_sft(tmp_path, name, neutral, active):
+    """With their neutral settings cft, d2lr and igd are exactly the sft run; with others they change
+    the loss from the first step and train with finite losses."""
+    data = write_authors(tmp_path / "Shop")
+    common = ["train.epochs=2", "train.eval_test=false", "data.valid_fraction=0.0"]
+    sft = _first_losses(train(_cfg(data, tmp_path / "sft", "loss.name=sft", *common)))
+    same = _first_losses(train(_cfg(data, tmp_path / "same", f"loss.name={name}", *neutral, *common)))
+    other = _first_losses(train(_cfg(data, tmp_path / "other", f"loss.name={name}", *active, *common)))
+    assert same == pytest.approx(sft, abs=1e-6)
+    assert other[0] != pytest.approx(sft[0], abs=1e-4) and all(map(math.isfinite, other))
+
+
+@pytest.mark.parametrize("name, label", [("cft", "cft"), ("d2lr", "d2lr-reconstructed"), ("igd", "igd-tuning")])
+def test_bearrec_run_of_a_baseline_reports_its_label(tmp_path, capsys, name, label):
+    from bearrec.report import load_run
+
+    data = write_authors(tmp_path / "Shop")
+    out = tmp_path / name
+    argv = ["run", f"data.name={data}", "data.valid_fraction=0.25", f"output_dir={out}", *TINY, "train.epochs=1",
+            f"loss.name={name}", "decode.constrained_softmax=false", "analysis.pruning_users=0", "decode.ks=[1,3]"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert f"- loss: `{name}` (" in (out / "report.md").read_text()
+    assert load_run(out)["method"] == label

@@ -149,3 +149,36 @@ def test_other_evaluations_of_the_same_runs_get_their_own_rows(tmp_path, capsys)
     assert sig["a"] == "msl [d3]" and sig["mean"] == pytest.approx(0.5 - (1 + 1 / math.log2(3)) / 4)
     assert main(["compare", str(run), "--eval", "eval-test-ghost"]) == 2  # missing folder: a clear error
     assert "eval-test-ghost/metrics.json: missing" in capsys.readouterr().err
+
+
+def _add_reference(run, folder, ranks):
+    (run / folder).mkdir()
+    (run / folder / "predictions.jsonl").write_text("".join(json.dumps({"index": i, "rank": r}) + "\n"
+                                                            for i, r in enumerate(ranks)))
+    n = len(ranks)
+    hits = sum(r is not None and r < 10 for r in ranks)
+    (run / folder / "metrics.json").write_text(json.dumps({"item": {"HR@10": hits / n, "NDCG@10": 0.0}}))
+
+
+def test_reference_rows_come_once_per_dataset_and_seed_and_must_agree(tmp_path):
+    """popularity does not depend on the seed: two seeds' copies make one row of one entry; the
+    untrained model does: one entry per seed; copies that disagree are an error naming both runs."""
+    runs = [make_run(tmp_path, f"bear{s}", "bear", s, [0, 3, None, 1]) for s in (0, 1)]
+    msl = make_run(tmp_path, "msl0", "msl", 0, [2, None, None, 1])
+    for run in (*runs, msl):
+        _add_reference(run, "ref-popularity", [None, None, 5, None])
+    for run, ranks in ((runs[0], [None, 1, None, None]), (runs[1], [None, None, None, None]),
+                       (msl, [None, 1, None, None])):
+        _add_reference(run, "ref-zero_shot", ranks)
+    assert {r["method"] for r in compare([*runs, msl])["runs"]} == {"bear", "msl"}  # only when asked
+    result = compare([*runs, msl], bootstrap_samples=200, references=True, pairs=[("bear", "popularity")])
+    rows = {}
+    for r in result["runs"]:
+        rows.setdefault(r["method"], []).append(r["seed"])
+    assert rows == {"bear": [0, 1], "msl": [0], "popularity": [0], "zero-shot (untrained model)": [0, 1]}
+    assert result["cells"][("popularity", "office", "HR@10")] == (0.25, None, 1)
+    assert any(s["a"] == "bear" and s["b"] == "popularity" for s in result["significance"]["office"])
+    _add_reference(msl, "ref-other", [0])  # ignored: not a reference folder
+    (msl / "ref-popularity" / "predictions.jsonl").write_text(json.dumps({"index": 0, "rank": 0}) + "\n")
+    with pytest.raises(Exception, match="ref-popularity/ differ on office"):
+        compare([*runs, msl], references=True)

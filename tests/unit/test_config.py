@@ -113,3 +113,23 @@ def test_non_finite_numbers_in_a_file_are_refused(tmp_path):
     path.write_text("loss:\n  bear: {xi: .nan}\n")
     with pytest.raises(ConfigError, match="loss.bear.xi: expected a finite number"):
         load_config(path)
+
+
+def test_cli_flags_are_made_from_the_declarations(capsys):
+    """A flag's help shows the declared default (not a copy of it), its choices are the declared
+    ones, and a bad value given by flag fails with the declared bound before anything loads."""
+    from bearrec.cli import build_parser, main
+    from bearrec.config import DecodeConfig
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(decode.batch_size; default: the config's value, else {DecodeConfig().batch_size})" in text
+    assert "--decoding {hf,d3}" in text and "--constrained-softmax, --no-constrained-softmax" in text
+    args = parser.parse_args(["evaluate", "--model", "m", "--num-beams", "3", "--no-constrained-softmax"])
+    from bearrec.flags import overrides_of
+
+    assert overrides_of(args) == ["decode.num_beams=3", "decode.constrained_softmax=false"]
+    assert main(["evaluate", "--model", "/nonexistent", "--num-beams", "0"]) == 2
+    assert "decode.num_beams must be >= 1, got 0" in capsys.readouterr().err

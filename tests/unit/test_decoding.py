@@ -220,3 +220,123 @@ def test_prefix_thresholds_match_a_slow_beam_search(setup, num_beams):
             want = _slow_thresholds(model, enc.trie, prompt, num_beams)
         assert len(got) == len(want) and got == pytest.approx(want, abs=1e-4)
     assert any(math.isfinite(v) for row in fast for v in row)
+
+
+def test_select_hook_observes_without_changing_the_search(setup):
+    """`prefix_thresholds` is the decoder with an `on_select` hook: the ranking is the same with or
+    without one, and the hook sees each step's top 2B candidate scores of the prompts still searching."""
+    from bearrec.decoding import BthCandidateScores, Prefilled, _decode, prefix_thresholds
+
+    model, tok, enc, prompts = setup
+    seen = []
+
+    def hook(top_scores, searching):
+        seen.append((top_scores.shape, int(searching.sum())))
+        recorder(top_scores, searching)
+
+    recorder = BthCandidateScores(len(prompts[:6]), 3)
+    run = Prefilled(model, prompts[:6], True, tok.pad_token_id, None)
+    with torch.no_grad(), run.attention():
+        hooked = _decode(run, enc.trie, 3, 1.0, on_select=hook)
+    plain = beam_search(model, enc.trie, prompts[:6], 3, pad_token_id=tok.pad_token_id)
+    assert [(r.paths, r.scores) for r in hooked] == [(r.paths, r.scores) for r in plain]
+    assert seen and all(shape[0] == 6 and shape[1] <= 6 for shape, _ in seen) and seen[0][1] == 6
+    assert recorder.per_prompt == prefix_thresholds(model, enc.trie, prompts[:6], 3, pad_token_id=tok.pad_token_id)
+
+
+# ---- forced chains: a beam at a one-child trie node is scored unfed, fed when it next branches ----
+def _chain_trie():
+    """Token paths with long forced chains: shared prefixes that branch late, titles that are
+    prefixes of others, a title whose every token (EOS included) is forced, a one-token title."""
+    eos = 0
+    paths = {(5, 6, 7, 8, 9, 10), (5, 6, 7, 8, 9, 11, 12, 13, 14, 15), (5, 6, 7), (5, 6, 7, 8),
+             (20, 21, 22, 23, 24, 25, 26), (30,), (40, 41, 42, 43, 44, 45, 46, 47), (40, 41, 42, 50),
+             (40, 41, 42, 50, 51, 52, 53, 54, 55, 56, 57, 58), (60, 61), (60, 62, 63, 64, 65, 66, 67, 68, 69)}
+    rng = random.Random(3)
+    while len(paths) < 24:
+        head = rng.randint(70, 250)
+        paths.add((head, *(rng.randint(1, 250) for _ in range(rng.randint(0, 9)))))
+    paths = sorted(paths)
+    return TitleTrie([[*p, eos] for p in paths], [[i] for i in range(len(paths))], eos), eos
+
+
+@pytest.fixture(scope="module")
+def chain_setup():
+    trie, eos = _chain_trie()
+    model = build_tiny_model(TINY, vocab_size=300, eos_token_id=eos, seed=4).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)
+    rng = random.Random(5)
+    shared = [rng.randint(1, 299) for _ in range(6)]  # a common prefix, as a prompt template gives
+    prompts = [shared + [rng.randint(1, 299) for _ in range(rng.randint(1, 7))] for _ in range(12)]
+    return model, trie, prompts
+
+
+@pytest.mark.parametrize("constrained, length_penalty, ghost, num_beams", [
+    (True, 1.0, None, 4), (True, 0.0, None, 3), (True, 1.0, 0.9, 5), (True, 2.0, 1.0, 2), (True, 1.0, None, 1),
+    (True, 1.0, None, 40), (False, 1.0, None, 4), (False, 0.0, 0.6, 6), (False, 1.0, None, 40)])
+def test_forced_chains_equal_one_step_at_a_time(chain_setup, constrained, length_penalty, ghost, num_beams):
+    """The chain-skipping decoder against the one-step-at-a-time schedule (`forced_chains=False`):
+    same titles, same order, scores to 1e-5 (the chunked forwards round differently)."""
+    from bearrec.decoding import DecodeStats
+
+    model, trie, prompts = chain_setup
+    kw = dict(constrained_softmax=constrained, length_penalty=length_penalty, ghost_threshold=ghost, pad_token_id=1)
+    fast_stats, slow_stats = DecodeStats(), DecodeStats()
+    fast = beam_search(model, trie, prompts, num_beams, stats=fast_stats, **kw)
+    slow = beam_search(model, trie, prompts, num_beams, forced_chains=False, stats=slow_stats, **kw)
+    for a, b in zip(fast, slow):
+        assert a.paths == b.paths and a.nodes == b.nodes
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+    assert fast_stats.steps == slow_stats.steps and fast_stats.all_forced_steps > 0
+    assert slow_stats.forwards == slow_stats.steps - 1 and slow_stats.tokens_fed == slow_stats.beam_steps - len(prompts)
+    if constrained:  # forced beams are not fed: fewer forwards and tokens
+        assert fast_stats.forwards < slow_stats.forwards and fast_stats.tokens_fed < slow_stats.tokens_fed
+    if num_beams > len(trie):  # every title comes back, scored exactly
+        for prompt, ranked in zip(prompts[:3], fast):
+            exact = exhaustive_scores(model, trie, prompt, constrained_softmax=constrained,
+                                      length_penalty=length_penalty, ghost_threshold=ghost)
+            order = sorted(exact, key=lambda p: -exact[p])
+            assert same_ranking(ranked, Ranked(order, [exact[p] for p in order], []), 1e-5)
+
+
+def test_forced_chains_match_hf_generate(chain_setup):
+    model, trie, prompts = chain_setup
+    for constrained in (True, False):
+        kw = dict(constrained_softmax=constrained, pad_token_id=1)
+        _assert_all_same(beam_search(model, trie, prompts, 4, **kw), hf_beam_search(model, trie, prompts, 4, **kw))
+
+
+def test_forced_chains_keep_prefix_thresholds(chain_setup):
+    from bearrec.decoding import prefix_thresholds
+
+    model, trie, prompts = chain_setup
+    fast = prefix_thresholds(model, trie, prompts, 3, pad_token_id=1)
+    slow = prefix_thresholds(model, trie, prompts, 3, pad_token_id=1, forced_chains=False)
+    assert [len(r) for r in fast] == [len(r) for r in slow]
+    assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(fast, slow))
+
+
+@pytest.mark.parametrize("prompts", [[[7]], [[7], [9, 3]], [[4, 4, 4], [4, 4, 4], [4, 4, 4, 4]], [[3, 1, 2], [8, 1, 2]]])
+def test_prompts_without_or_with_total_common_prefix(chain_setup, prompts):
+    """The prefill computes the prompts' common prefix once: none, all of one prompt, one token."""
+    model, trie, _ = chain_setup
+    shared = beam_search(model, trie, prompts, 4, pad_token_id=1, shared_prefix=True)
+    plain = beam_search(model, trie, prompts, 4, pad_token_id=1, shared_prefix=False)
+    alone = [beam_search(model, trie, [p], 4, pad_token_id=1)[0] for p in prompts]
+    assert all(same_ranking(a, b, 1e-5) and same_ranking(a, c, 1e-5) for a, b, c in zip(shared, plain, alone))
+
+
+def test_full_softmax_chain_runs_forced_steps_in_one_forward(chain_setup):
+    """One prompt, one beam, whole-vocabulary softmax: after the first branching step every step
+    until EOS is forced for the only beam, so one forward serves them all."""
+    from bearrec.decoding import DecodeStats
+
+    model, trie, prompts = chain_setup
+    for prompt in prompts[:4]:
+        fast_stats, slow_stats = DecodeStats(), DecodeStats()
+        (fast,) = beam_search(model, trie, [prompt], 1, constrained_softmax=False, pad_token_id=1, stats=fast_stats)
+        (slow,) = beam_search(model, trie, [prompt], 1, constrained_softmax=False, pad_token_id=1, forced_chains=False,
+                              stats=slow_stats)
+        assert fast.paths == slow.paths and fast.scores == pytest.approx(slow.scores, abs=1e-5)
+        assert fast_stats.forwards < slow_stats.forwards == slow_stats.steps - 1

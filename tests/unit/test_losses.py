@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from bearrec.config import BearConfig, LossConfig, PreferenceConfig
+from bearrec.config import BearConfig, LossConfig, PreferenceConfig, check
 from bearrec.losses import Allowed, bear_loss, bear_terms, condition_metrics, msl_loss, sft_loss
-from bearrec.methods import loss, validate
+from bearrec.methods import loss
 
 
 def lse(*xs):
@@ -165,14 +165,22 @@ def test_condition_metrics_by_hand():
     assert got["inside_top_b"] == 0.75 and got["mean_margin"] == pytest.approx(1 / 3, abs=1e-6)
 
 
-@pytest.mark.parametrize("cfg, fragment", [
-    (LossConfig(name="ppo"), "unknown"), (LossConfig(pref=PreferenceConfig(beta=0)), "beta"), (LossConfig(tau=0), "tau"),
-    (LossConfig(bear=BearConfig(num_beams=0)), "num_beams"), (LossConfig(bear=BearConfig(xi=0)), "xi"),
-    (LossConfig(bear=BearConfig(lam=-1)), "lam"), (LossConfig(bear=BearConfig(short_sets="none")), "short_sets"),
+@pytest.mark.parametrize("build, fragment", [
+    (lambda: LossConfig(name="ppo"), "loss.name 'ppo' unknown"), (lambda: PreferenceConfig(beta=0), "loss.pref.beta"),
+    (lambda: LossConfig(tau=0), "loss.tau must be > 0"), (lambda: BearConfig(num_beams=0), "loss.bear.num_beams"),
+    (lambda: BearConfig(xi=0), "loss.bear.xi"), (lambda: BearConfig(lam=-1), "loss.bear.lam must be >= 0"),
+    (lambda: BearConfig(short_sets="none"), "loss.bear.short_sets: 'none' is not one of"),
 ])
-def test_bad_settings(cfg, fragment):
+def test_bad_settings_fail_where_they_are_declared(build, fragment):
     with pytest.raises(ValueError, match=fragment):
-        validate(cfg)
+        build()
+
+
+def test_a_setting_changed_in_place_is_caught_again():
+    cfg = LossConfig()
+    cfg.bear.xi = 0.0
+    with pytest.raises(ValueError, match="loss.bear.xi must be > 0, got 0.0"):
+        check(cfg)
 
 
 def test_bad_shapes():

@@ -7,16 +7,18 @@ import pytest
 import torch
 
 from bearrec import methods
-from bearrec.config import BearConfig, LossConfig
+from bearrec.config import BearConfig, LossConfig, to_dict
 from bearrec.losses import Allowed, bear_loss, msl_loss, sft_loss
 
 SRC = Path(methods.__file__).resolve().parents[1]
 
 
 def test_every_method_is_registered_with_valid_declarations():
-    assert set(methods.NAMES) == {"sft", "msl", "bear", "beam_sim", "dpo", "sdpo", "sdpo_bear"}
+    assert set(methods.NAMES) == {"sft", "msl", "bear", "beam_sim", "dpo", "sdpo", "sdpo_bear", "sasrec", "cft", "d2lr",
+                                  "igd"}
     for m in methods.REGISTRY.values():
-        assert set(m.sections) <= {"tau", "bear", "pref"} and set(m.needs) <= set(methods.NEEDS)
+        assert set(m.sections) <= {"tau", "bear", "pref", "sasrec", "cft", "d2lr", "igd"}
+        assert set(m.needs) <= set(methods.NEEDS)
         assert m.summary and callable(m.parts)
         assert ("preference" in m.needs) == (m.num_negatives is not None)
     with pytest.raises(ValueError, match="loss.name 'ppo' unknown; choose one of .*sdpo_bear"):
@@ -44,6 +46,19 @@ def test_labels_and_descriptions_come_from_the_method():
     assert "lam=1.0" in methods.get("bear").description(loss)
     assert methods.get("sdpo").row_label({"name": "sdpo"}) == "sdpo"
     assert methods.get("dpo").num_negatives(LossConfig()) == 1 and methods.get("sdpo").num_negatives(LossConfig()) == 3
+    loss = to_dict(LossConfig())
+    assert methods.get("d2lr").row_label(loss) == "d2lr-reconstructed" and "reconstructed" in methods.get(
+        "d2lr").description(loss)
+    assert methods.get("igd").row_label(loss) == "igd-tuning" and "decoding rule not applied" in methods.get(
+        "igd").description(loss)
+    assert methods.get("cft").row_label(loss) == "cft" and "alpha=0.1" in methods.get("cft").description(loss)
+
+
+def test_baselines_declare_their_inputs_and_sections():
+    assert methods.get("cft").needs == ("plain_prompt",) and methods.get("cft").sections == ("cft",)
+    assert methods.get("d2lr").needs == methods.get("igd").needs == ("target_counts",)
+    with pytest.raises(ValueError, match="cft needs plain_prompt"):
+        methods.loss(torch.zeros(1, 2), torch.tensor([0]), Allowed.from_lists([[0]]), LossConfig(name="cft"))
 
 
 def test_no_module_outside_the_registry_branches_on_a_method_name():

@@ -84,11 +84,19 @@ def test_prepare_to_dir_writes_the_authors_format(tmp_path):
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["windows"] == 9
 
 
-@pytest.mark.parametrize("settings", [PrepareConfig(k_core=0), PrepareConfig(min_history=5, max_history=3),
-                                      PrepareConfig(k_core=4)])
-def test_prepare_rejects_bad_settings(settings):
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(k_core=0), "data.prepare.k_core must be >= 1"),
+    (dict(min_history=5, max_history=3), r"data.prepare.min_history \(5\) must not exceed max_history \(3\)"),
+    (dict(split=[0.5, 0.5, 0.5]), "data.prepare.split must be three non-negative fractions summing to 1"),
+])
+def test_bad_prepare_settings_fail_where_they_are_declared(settings, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        PrepareConfig(**settings)
+
+
+def test_prepare_rejects_a_core_that_leaves_too_little():
     with pytest.raises(ValueError):
-        prepare(_raw(), settings)
+        prepare(_raw(), PrepareConfig(k_core=4))
 
 
 # ---- raw readers ------------------------------------------------------------------------

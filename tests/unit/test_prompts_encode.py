@@ -21,6 +21,17 @@ def test_alpaca_prompt_is_the_authors_text():
     assert tpl.response_context == "### Response:\n"
 
 
+def test_history_free_prompt_is_alpacas_no_input_template():
+    """CFT's counterfactual prompt: the same instruction, no history, the same response header."""
+    tpl = PromptTemplate.from_config(PromptConfig(), "office")
+    assert tpl.render_without_history() == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request. \n\n### Instruction:\nGiven a list of office products the user has used before, please recommend "
+        "a new office product that the user likes to the user.\n\n### Response:\n")
+    compact = PromptTemplate.from_config(PromptConfig(template="compact"), "office")
+    assert compact.render_without_history() == "Next:\n" and compact.render(["X"]).endswith("Next:\n")
+
+
 def test_compact_prompt_and_history_limits():
     cfg = PromptConfig(template="compact", max_history_items=2, max_title_words=2)
     tpl = PromptTemplate.from_config(cfg, "anything")

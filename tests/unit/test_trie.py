@@ -70,6 +70,24 @@ def test_random_tries_match_the_dict_oracle():
         assert trie.terminals(paths).tolist() == [trie.node_of(p) for p in paths]
 
 
+def test_forced_run_counts_the_one_child_steps_ahead():
+    trie, _ = _small()
+    run = lambda prefix: int(trie.forced_run[trie.node_of(prefix)])
+    assert [run([]), run([5]), run([5, 6]), run([5, 6, 7]), run([9]), run([9, EOS])] == [0, 1, 0, 1, 1, 0]
+    rng = random.Random(1)
+    for _ in range(10):  # against a walk: steps until a node with several children or none
+        titles = {tuple(rng.randint(1, 6) for _ in range(rng.randint(1, 8))) for _ in range(rng.randint(1, 15))}
+        paths = [[*t, EOS] for t in titles]
+        trie = TitleTrie(paths, [[i] for i in range(len(paths))], EOS)
+        for path in paths:
+            for i in range(len(path) + 1):
+                steps, prefix = 0, list(path[:i])
+                while len(trie.next_tokens(prefix)) == 1:
+                    prefix.append(trie.next_tokens(prefix)[0])
+                    steps += 1
+                assert int(trie.forced_run[trie.node_of(path[:i])]) == steps
+
+
 def test_walk_gives_the_node_before_each_token():
     trie, _ = _small()
     assert trie.walk([5, 6, 7, EOS]) == [0, trie.node_of([5]), trie.node_of([5, 6]), trie.node_of([5, 6, 7])]

@@ -116,6 +116,10 @@ class Encoder:
                                      f"title ({self.longest_target} tokens) exceeds the model's {limit} positions")
         return ids
 
+    def plain_prompt_ids(self) -> list[int]:
+        """The history-free prompt's ids (`PromptTemplate.render_without_history`), tokenised as prompts are."""
+        return self.tokenizer(self.template.render_without_history())["input_ids"]
+
     def encode(self, example: Example) -> EncodedExample:
         return EncodedExample(self.prompt_ids(example.history), self.target_ids(example.target), example.target)
 

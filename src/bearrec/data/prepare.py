@@ -61,10 +61,6 @@ def chronological_split(examples: list[Example], fractions: list[float]) -> dict
 
 
 def prepare(raw: RawData, settings: PrepareConfig) -> tuple[Catalogue, dict[str, list[Example]], dict]:
-    if settings.k_core < 1 or settings.max_history < 1 or settings.min_history < 1:
-        raise ValueError("prepare: k_core, max_history and min_history must be >= 1")
-    if settings.min_history > settings.max_history:
-        raise ValueError("prepare: min_history must not exceed max_history")
     titles = {item: clean_title(t) for item, t in raw.titles.items()}
     titles = {item: t for item, t in titles.items() if t}
     with_title = [r for r in raw.interactions if r[1] in titles]

@@ -30,6 +30,9 @@ DOMAINS: dict[str, tuple[str, str]] = {
 
 ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further "
                  "context. Write a response that appropriately completes the request. \n\n")
+# Alpaca's "no input" header (CFT's history-free prompt), with BIGRec's space before the blank line as above
+ALPACA_NO_INPUT_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request. \n\n")
 ALPACA_RESPONSE = "### Response:\n"
 COMPACT_RESPONSE = "Next:\n"
 
@@ -61,10 +64,6 @@ class PromptTemplate:
         domain = cfg.domain or domain_for(dataset_name)
         if domain not in DOMAINS:
             raise ValueError(f"prompt.domain {domain!r} unknown; choose one of {', '.join(DOMAINS)}")
-        for key in ("max_history_items", "max_title_words"):
-            value = getattr(cfg, key)
-            if value is not None and value < 1:
-                raise ValueError(f"prompt.{key} must be >= 1 or null, got {value}")
         instruction, history = DOMAINS[domain]
         return cls(cfg.template, cfg.instruction or instruction, cfg.history_prefix or history,
                    cfg.max_history_items, cfg.max_title_words)
@@ -86,3 +85,11 @@ class PromptTemplate:
             return (f"{ALPACA_HEADER}### Instruction:\n{self.instruction}\n\n"
                     f"### Input:\n{self.history_prefix}{joined}\n \n\n{ALPACA_RESPONSE}")
         return f"History: {joined}\n{COMPACT_RESPONSE}"
+
+    def render_without_history(self) -> str:
+        """The same request with no history block (CFT's counterfactual prompt): Alpaca's "no input"
+        template, or the compact template without its history line. It ends with the same response
+        header, so a title's ids are the same after it."""
+        if self.template == "alpaca":
+            return f"{ALPACA_NO_INPUT_HEADER}### Instruction:\n{self.instruction}\n\n{ALPACA_RESPONSE}"
+        return COMPACT_RESPONSE

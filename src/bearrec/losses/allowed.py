@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bearrec import ragged
+
 
 @dataclass
 class Allowed:
@@ -35,21 +37,18 @@ class Allowed:
 
     @property
     def rows(self) -> torch.Tensor:
-        return torch.repeat_interleave(torch.arange(len(self.counts), device=self.counts.device), self.counts)
+        """The position of each allowed token."""
+        return ragged.segment_ids(self.counts)
 
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column of every allowed token in the `padded` matrix."""
         rows = self.rows
-        starts = torch.cumsum(self.counts, 0) - self.counts
-        return rows, torch.arange(len(self.tokens), device=self.tokens.device) - starts[rows]
+        return rows, ragged.segment_offsets(self.counts, rows)
 
     def padded(self, logits: torch.Tensor) -> torch.Tensor:
         """(T, max count) matrix of the allowed logits, -inf where a position has fewer."""
-        rows, cols = self._layout()
-        out = torch.full((len(self.counts), max(int(self.counts.max()), 1)), float("-inf"),
-                         dtype=logits.dtype, device=logits.device)
-        out[rows, cols] = logits[rows, self.tokens]
-        return out
+        rows = self.rows
+        return ragged.padded(logits[rows, self.tokens], self.counts, float("-inf"), ids=rows, min_width=1)
 
     def columns(self, targets: torch.Tensor) -> torch.Tensor | None:
         """(T,) column of each target in the `padded` matrix; None unless every target is allowed

@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from bearrec import ragged
 from bearrec.losses.bear import masked_log_sigmoid
-
-
-def segment_cumsum(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Running sums restarting at each segment (segments consecutive, sizes `lengths`)."""
-    return torch.cat([v.cumsum(0) for v in values.split(lengths)]) if lengths else values
 
 
 def beam_sim_parts(log_p: torch.Tensor, lengths: list[int], thresholds: torch.Tensor, *, lam: float,
@@ -37,7 +33,7 @@ def beam_sim_parts(log_p: torch.Tensor, lengths: list[int], thresholds: torch.Te
                          f"{sum(lengths)} must agree")
     if xi <= 0:
         raise ValueError(f"xi must be > 0, got {xi}")
-    reg = masked_log_sigmoid(thresholds, segment_cumsum(log_p, lengths), xi)
+    reg = masked_log_sigmoid(thresholds, ragged.segment_cumsum(log_p, lengths), xi)
     return (-log_p + lam * reg).sum(), torch.tensor(float(len(log_p)), device=log_p.device)
 
 

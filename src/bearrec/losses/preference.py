@@ -23,10 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bearrec.losses.bear import masked_log_sigmoid
-
-def sum_by_row(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Per-row sums of token values (`rows`: each token's row, e.g. its sequence); `num_rows` rows."""
-    return torch.zeros(num_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+from bearrec.ragged import segment_sum
 
 
 def sdpo_per_example(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
@@ -46,8 +43,8 @@ def bear_keep_prune(log_p: torch.Tensor, log_beta: torch.Tensor, rows: torch.Ten
     example, positive = rows // group_size, (rows % group_size) == 0
     out = []
     for mask in (positive, ~positive):
-        total = sum_by_row(reg[mask], example[mask], num_examples)
-        count = sum_by_row(torch.ones_like(reg[mask]), example[mask], num_examples)
+        total = segment_sum(reg[mask], example[mask], num_examples)
+        count = segment_sum(torch.ones_like(reg[mask]), example[mask], num_examples)
         out.append(total / count.clamp(min=1))
     return out[0] - out[1]
 
@@ -60,7 +57,7 @@ def preference_parts(token_log_p: torch.Tensor, rows: torch.Tensor, reference: t
     when G = 2). With `bear_log_p` / `bear_log_beta` (BEAR's log p_t / log beta_t of the same tokens
     under `bear.base`) the keep/prune term is added with weight `lam` (sdpo_bear)."""
     num_examples, group = reference.shape
-    policy = sum_by_row(token_log_p, rows, num_examples * group).view(num_examples, group)
+    policy = segment_sum(token_log_p, rows, num_examples * group).view(num_examples, group)
     loss = sdpo_per_example(policy, reference, beta)
     if bear_log_p is not None:
         loss = loss + lam * bear_keep_prune(bear_log_p, bear_log_beta, rows, group, num_examples, xi)

@@ -2,7 +2,9 @@
 
 A method module defines `METHODS`, a tuple of `Method`s: its name, how it computes the (numerator,
 denominator) of its loss from a `Batch`, which extra batch inputs it needs (`needs`: "thresholds" from
-a no-gradient decode of the batch, "preference" groups with cached reference log-probs), which
+a no-gradient decode of the batch, "preference" groups with cached reference log-probs,
+"plain_prompt" logits after the history-free prompt, "target_counts" of the run's training targets
+on the trie with each response token's trie node; `bearrec.needs`), which
 `loss.*` config sections it reads, its own setting checks, and how a run of it is labelled and
 described. Training, the driver, reports, sweeps and the CLI ask this registry; nothing else branches
 on a method's name. Adding a method: a module here (with `METHODS`), its tests, its README entry.
@@ -20,7 +22,7 @@ import torch
 
 from bearrec.losses.base import ratio
 
-NEEDS = ("thresholds", "preference")
+NEEDS = ("thresholds", "preference", "plain_prompt", "target_counts")
 
 
 @dataclass
@@ -35,6 +37,9 @@ class Batch:
     lengths: list[int] = field(default_factory=list)  # response tokens per sequence
     thresholds: torch.Tensor | None = None  # needs "thresholds": the B-th beam's prefix log-prob per token
     reference: torch.Tensor | None = None  # needs "preference": (examples, 1 + negatives) reference log-probs
+    plain_logits: torch.Tensor | None = None  # needs "plain_prompt": the same positions after the history-free prompt
+    nodes: torch.Tensor | None = None  # needs "target_counts": each response token's trie node (before the token)
+    counts: object = None  # needs "target_counts": bearrec.popularity.TargetCounts of the run's training targets
 
 
 def _no_check(cfg) -> None:
@@ -46,13 +51,15 @@ class Method:
     name: str
     parts: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]  # (numerator, detached denominator)
     summary: str  # one line for `--help` and error messages
-    sections: tuple[str, ...] = ()  # the `loss.*` settings it reads: "tau", "bear", "pref"
+    sections: tuple[str, ...] = ()  # the `loss.*` settings it reads: "tau", "bear", "pref", "cft", ...
     needs: tuple[str, ...] = ()  # extra batch inputs (NEEDS)
     check: Callable[[object], None] = _no_check  # raises ValueError naming the setting
     label: Callable[[dict], str] | None = None  # the `loss` section of a config dict -> row label; default: name
     describe: Callable[[dict], str] | None = None  # the same -> report.md's loss line; default: name
     num_negatives: Callable[[object], int] | None = None  # preference methods: negatives per example
     short_sets_auto: Callable[[str], str] = lambda form: "trivial"  # `loss.bear.short_sets: auto` by form
+    # not a fine-tuning loss (a conventional reference): trains itself into a run directory, cfg -> None
+    train: Callable[[object], None] | None = None
 
     def row_label(self, loss: dict) -> str:
         return self.label(loss) if self.label else self.name
@@ -62,6 +69,11 @@ class Method:
 
 
 def _discover() -> dict[str, Method]:
+    import dataclasses
+
+    from bearrec.sections import LossConfig
+
+    SECTIONS = [f.name for f in dataclasses.fields(LossConfig) if f.name != "name"]  # noqa: N806
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -71,6 +83,9 @@ def _discover() -> dict[str, Method]:
             unknown = [n for n in method.needs if n not in NEEDS]
             if unknown:
                 raise RuntimeError(f"method {method.name!r}: unknown need {unknown[0]!r}")
+            unknown = [s for s in method.sections if s not in SECTIONS]
+            if unknown:
+                raise RuntimeError(f"method {method.name!r}: unknown loss section {unknown[0]!r}")
             found[method.name] = method
     return found
 
@@ -86,26 +101,9 @@ def get(name: str) -> Method:
 
 
 def validate(cfg) -> None:
-    """Every `loss` setting, before any data or model is loaded (ValueError naming the setting)."""
-    from bearrec.losses.bear import SHORT_SETS
-
-    method = get(cfg.name)
-    if cfg.tau <= 0:
-        raise ValueError(f"loss.tau must be > 0, got {cfg.tau}")
-    b = cfg.bear
-    if b.num_beams < 1:
-        raise ValueError(f"loss.bear.num_beams (B) must be >= 1, got {b.num_beams}")
-    if b.xi <= 0:
-        raise ValueError(f"loss.bear.xi must be > 0, got {b.xi}")
-    if b.lam < 0:
-        raise ValueError(f"loss.bear.lam must be >= 0, got {b.lam}")
-    if b.short_sets not in ("auto", *SHORT_SETS):
-        raise ValueError(f"loss.bear.short_sets must be one of auto, {', '.join(SHORT_SETS)}, got {b.short_sets!r}")
-    if cfg.pref.beta <= 0:
-        raise ValueError(f"loss.pref.beta must be > 0, got {cfg.pref.beta}")
-    if cfg.pref.num_negatives < 1:
-        raise ValueError(f"loss.pref.num_negatives must be >= 1, got {cfg.pref.num_negatives}")
-    method.check(cfg)
+    """The method named by a `loss` section exists and accepts its settings (the bounds of each
+    setting are declared in `bearrec.sections`); called when the section is built."""
+    get(cfg.name).check(cfg)
 
 
 def loss(logits, targets, allowed, cfg) -> torch.Tensor:

@@ -75,7 +75,7 @@ class ServedModel:
 
 
 def served_model(model_arg: str, cfg, dataset, recommender) -> ServedModel:
-    """A `ServedModel` from what `bearrec.cli._inference_setup` returns for `--model model_arg`."""
+    """A `ServedModel` from what `bearrec.runs.load_run` returns for `--model model_arg`."""
     from dataclasses import asdict
 
     from bearrec.errors import BearrecError

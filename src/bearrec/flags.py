@@ -1,0 +1,95 @@
+"""Command-line flags made from the settings' declarations (`bearrec.sections`), and what the
+inference commands (evaluate, recommend, serve, analyze) share: their flags, the model they load,
+the default name of their output folder."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+from bearrec.config import PRESETS, declared
+
+
+def config_flag(p, flag: str, key: str, help: str | None = None) -> None:
+    """`flag` sets the config setting `key`: its type, choices, default and help are the setting's
+    declaration (`bearrec.sections`); a flag not given leaves the config's value."""
+    tp, default, text = declared(key)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0] if typing.get_origin(tp) is not typing.Literal and args else tp
+    dest = flag.lstrip("-").replace("-", "_")
+    shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+    kwargs = {"dest": dest, "default": None, "help": f"{help or text} ({key}; default: the config's value, else {shown})"}
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(tp) is typing.Literal:
+        kwargs["choices"] = typing.get_args(tp)
+    else:
+        kwargs["type"] = tp
+    p.add_argument(flag, **kwargs)
+    keys = dict(p.get_default("config_flags") or {})
+    keys[dest] = key
+    p.set_defaults(config_flags=keys)
+
+
+def overrides_of(args) -> list[str]:
+    """KEY=VALUE overrides from the positional list, then from the config flags that were given."""
+    out = list(getattr(args, "overrides", None) or [])
+    for dest, key in (getattr(args, "config_flags", None) or {}).items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
+def data_flags(p, positional: str | None):
+    if positional:
+        p.add_argument(positional, help="office, book, toy, clothing, movielens-1m, movielens-100k, or a folder")
+        p.set_defaults(config_flags={positional: "data.name"})
+    p.add_argument("--config", help="a YAML config; its data: section is used")
+    for flag in ("data_dir", "train_file", "valid_fraction", "on_empty_title"):
+        config_flag(p, "--" + flag.replace("_", "-"), f"data.{flag}")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.prepare.k_core=10")
+
+
+def inference_flags(p, several: bool = False):
+    if several:
+        p.add_argument("--model", required=True, action="append",
+                       help="a run directory or model; repeat it to compare runs side by side")
+    else:
+        p.add_argument("--model", required=True, help="a run directory, a model folder, a hub id or smollm2-135m")
+    p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
+    config_flag(p, "--data", "data.name", help="dataset name or folder")
+    config_flag(p, "--data-dir", "data.data_dir")
+    for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax"):
+        config_flag(p, "--" + key.replace("_", "-"), f"decode.{key}")
+    config_flag(p, "--decoding", "decode.preset", help="a decoding recipe the run's settings are read with; "
+                "d3: no length normalisation (Bao et al. 2024)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def inference_setup(args, check=None):
+    """(config, dataset, recommender) for --model DIR_OR_RUN (`bearrec.runs.load_run`) with the
+    decoding and data flags as overrides. `check(cfg, dataset)` runs before the model is loaded."""
+    from bearrec.runs import load_run
+
+    overrides = overrides_of(args)
+    for key, value in PRESETS.get(getattr(args, "decoding", None), {}).items():  # a preset sets its values
+        if getattr(args, key, None) is None:
+            overrides.append(f"decode.{key}={value}")
+    loaded = load_run(args.model, args.config, overrides, check)
+    return loaded.cfg, loaded.dataset, loaded.recommender
+
+
+def decoding_suffix(args) -> str:
+    """A default output folder never overwrites a run's own evaluation with other decode settings:
+    each decode flag given adds to the name (eval-test-d3, eval-test-ghost0.99, eval-test-b20, ...)."""
+    parts = ["d3"] if args.decoding == "d3" else []
+    if args.length_penalty is not None and args.decoding != "d3":
+        parts.append(f"lp{args.length_penalty:g}")
+    if args.ghost_threshold is not None:
+        parts.append(f"ghost{args.ghost_threshold:g}")
+    if args.num_beams is not None:
+        parts.append(f"b{args.num_beams}")
+    if args.constrained_softmax is not None:
+        parts.append("cs" if args.constrained_softmax else "nocs")
+    return "".join(f"-{p}" for p in parts)

@@ -1,0 +1,25 @@
+"""`igd`: IGD-Tuning, the training half of IGD (Lin et al., NeurIPS 2025): SFT cross-entropy with
+weight `loss.igd.beta` on tokens whose information gain over the training-target distribution is 0
+(`bearrec.losses.baselines`, `bearrec.popularity`). IGD's decoding rule (each candidate's log-prob
+scaled by 1 - alpha * its normalised IG among its siblings) is not applied: these runs decode with
+the configured decoder, and are labelled `igd-tuning`."""
+
+import torch
+
+from bearrec.losses.baselines import igd_parts
+from bearrec.methods import Batch, Method
+
+
+def _parts(batch: Batch):
+    decisive = torch.from_numpy(batch.counts.decisive)[batch.counts.step(batch.nodes, batch.targets)]
+    return igd_parts(batch.logits, batch.targets, decisive, beta=batch.cfg.igd.beta)
+
+
+def _describe(loss: dict) -> str:
+    return (f"`igd` (IGD-Tuning: CE weight beta={loss['igd']['beta']} on zero-information-gain tokens; "
+            f"IGD's decoding rule not applied)")
+
+
+METHODS = (Method("igd", _parts, "IGD-Tuning: SFT with weight beta on zero-information-gain tokens (loss.igd.*)",
+                  sections=("igd",), needs=("target_counts",), label=lambda loss: "igd-tuning",
+                  describe=_describe),)

@@ -1,0 +1,69 @@
+"""A trained model with what it needs to be used: `load_run`, the one way every command (evaluate,
+recommend, serve, analyze, the driver's pruning step, benchmarks) turns a run directory or a model
+path into a `Recommender`.
+
+A run directory (it holds `config.yaml`) contributes its resolved config (data, prompt, decoding)
+and its exported `model/`; any other value is a model path or id (a Hub id, a local folder,
+`smollm2-135m`) read with `config` or the defaults. Overrides apply on top in both cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bearrec.config import Config, ModelConfig, load_config
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config  # with model.name_or_path set to the weights that were loaded
+    dataset: object  # bearrec.data.catalogue.Dataset
+    recommender: object  # bearrec.evaluation.Recommender
+
+    @property
+    def encoder(self):
+        return self.recommender.encoder
+
+    @property
+    def model(self):
+        return self.recommender.model
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.yaml").exists()
+
+
+def load_exported(path: str | Path, model_cfg: ModelConfig):
+    """The weights saved at `path` (a run's `model/`: full weights, or base + LoRA adapter), in
+    `model_cfg`'s dtype, without adding new adapters."""
+    from bearrec.modeling import load_model
+
+    cfg = dataclasses.replace(model_cfg, name_or_path=str(path), lora=dataclasses.replace(model_cfg.lora, enabled=False))
+    model, _ = load_model(cfg)
+    return model
+
+
+def load_run(model: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
+             check: Callable[[Config, object], object] | None = None) -> LoadedRun:
+    """Config, dataset, encoder, model and recommender for a run directory or a model path/id.
+    `check(cfg, dataset)` runs before any weights load, so bad input fails fast."""
+    from bearrec.data import load_dataset
+    from bearrec.data.encode import build_encoder
+    from bearrec.evaluation import Recommender
+    from bearrec.modeling import load_model
+
+    run = Path(model)
+    config_path = config or (run / "config.yaml" if is_run_dir(run) else None)
+    cfg = load_config(config_path, list(overrides))
+    weights = run / "model" if (run / "model").is_dir() else model
+    dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
+    if check is not None:
+        check(cfg, dataset)
+    cfg.model = dataclasses.replace(cfg.model, name_or_path=str(weights),
+                                    lora=dataclasses.replace(cfg.model.lora, enabled=False))
+    loaded, tokenizer = load_model(cfg.model)
+    encoder = build_encoder(cfg.prompt, dataset, tokenizer, loaded)
+    return LoadedRun(cfg, dataset, Recommender(loaded, encoder, cfg.decode))
