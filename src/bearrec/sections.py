@@ -20,10 +20,11 @@ from bearrec.errors import ConfigError
 
 
 def setting(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, help: str = "", min=None, above=None,
-            each_min=None):
-    """A dataclass field with its help text and bounds (`min`: >=, `above`: >, `each_min`: every
-    element of a list >=); None values of Optional settings are not bounded."""
-    meta = {k: v for k, v in (("help", help), ("min", min), ("above", above), ("each_min", each_min)) if v not in (None, "")}
+            max=None, each_min=None):
+    """A dataclass field with its help text and bounds (`min`: >=, `above`: >, `max`: <=, `each_min`:
+    every element of a list >=); None values of Optional settings are not bounded."""
+    meta = {k: v for k, v in (("help", help), ("min", min), ("above", above), ("max", max), ("each_min", each_min))
+            if v not in (None, "")}
     return field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -54,6 +55,9 @@ class Section:
                 raise ConfigError(f"{self.where(f.name)} must be >= {meta['min']:g}, got {value}")
             if "above" in meta and not value > meta["above"]:
                 raise ConfigError(f"{self.where(f.name)} must be > {meta['above']:g}, got {value}")
+            if "max" in meta and value > meta["max"]:
+                low = f"[{meta['min']:g}" if "min" in meta else f"({meta['above']:g}" if "above" in meta else "(-inf"
+                raise ConfigError(f"{self.where(f.name)} must be in {low}, {meta['max']:g}], got {value}")
             for v in value if "each_min" in meta else ():
                 if v < meta["each_min"]:
                     raise ConfigError(f"{self.where(f.name)}: every value must be >= {meta['each_min']}, got {v}")
@@ -169,8 +173,9 @@ class DecodeConfig(Section):
     constrained_softmax: bool = setting(True, help="softmax over trie-valid tokens (MSL/BEAR) or over the whole "
                                                    "vocabulary (SFT)")
     length_penalty: float = setting(1.0, help="HF meaning: score = sum log-prob / length ** lp; D3 uses 0")
-    ghost_threshold: Optional[float] = setting(None, above=0.0, help="tokens of probability >= this do not count "
-                                                                     "in the normalising length (D3's ghost tokens)")
+    ghost_threshold: Optional[float] = setting(
+        None, above=0.0, max=1.0,
+        help="tokens of probability >= this do not count in the normalising length (D3's ghost tokens)")
     batch_size: int = setting(8, min=1, help="users decoded together")
     autocast: Literal["none", "bfloat16"] = "none"
     ks: list[int] = setting(factory=lambda: [1, 5, 10, 20], each_min=1, help="cut-offs; above num_beams skipped")
@@ -178,8 +183,6 @@ class DecodeConfig(Section):
                                                      "length normalisation (Bao et al. 2024)")
 
     def check_more(self) -> None:
-        if self.ghost_threshold is not None and self.ghost_threshold > 1:
-            raise ConfigError(f"decode.ghost_threshold must be in (0, 1], got {self.ghost_threshold}")
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) != value:
                 raise ConfigError(f"decode.preset {self.preset} means decode.{key}={value}, not {getattr(self, key)}")
@@ -238,12 +241,9 @@ class CftConfig(Section):
     PATH: ClassVar[str] = "loss.cft"
     alpha: float = setting(0.1, min=0.0, help="weight of the counterfactual term CE(z_h - z_0) (authors' code 0.1; "
                                               "the IGD authors' re-implementation 0.025)")
-    beta: float = setting(0.25, min=0.0, help="weight of the last response token; weights fall linearly from 1 "
-                                              "(authors' code 0.25; the IGD authors' re-implementation 0.1)")
-
-    def check_more(self) -> None:
-        if self.beta > 1:
-            raise ConfigError(f"loss.cft.beta must be in [0, 1] (weights fall from 1 to beta), got {self.beta}")
+    beta: float = setting(0.25, min=0.0, max=1.0,
+                          help="weight of the last response token; weights fall linearly from 1 "
+                               "(authors' code 0.25; the IGD authors' re-implementation 0.1)")
 
 
 @dataclass
@@ -254,12 +254,9 @@ class D2lrConfig(Section):
     PATH: ClassVar[str] = "loss.d2lr"
     beta: float = setting(0.1, min=0.0, help="exponent T of the item-level weight (N / n_y) ** T (grid 0.05-0.4; "
                                              "0 = sft)")
-    alpha: float = setting(0.0, min=0.0, help="share of the token-level weight from trie prefix counts "
-                                              "(unverified reading of the 'dual' part; 0 = item-level only)")
-
-    def check_more(self) -> None:
-        if self.alpha > 1:
-            raise ConfigError(f"loss.d2lr.alpha must be in [0, 1] (a blend of two weights), got {self.alpha}")
+    alpha: float = setting(0.0, min=0.0, max=1.0,
+                           help="share of the token-level weight from trie prefix counts "
+                                "(unverified reading of the 'dual' part; 0 = item-level only)")
 
 
 @dataclass
