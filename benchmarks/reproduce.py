@@ -44,7 +44,13 @@ FIXED = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"],  # SFT de
 PREF = ["train.epochs=1", "train.learning_rate=1e-4", "decode.constrained_softmax=false"]
 OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=1"],
             "dpo": ["loss.name=dpo", *PREF], "sdpo": ["loss.name=sdpo", *PREF],
-            "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF]}
+            "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF],
+            # issue 16: trained like sft, decoded like sft (BASELINES.md's protocol), except IGD, which
+            # brings its own decoding rule (alpha 0.2: the middle of the authors' typical 0.1-0.2..0.4, untuned)
+            "cft": ["loss.name=cft", "decode.constrained_softmax=false"],
+            "d2lr": ["loss.name=d2lr", "decode.constrained_softmax=false"],
+            "igd": ["loss.name=igd", "decode.preset=igd", "decode.igd_alpha=0.2", "decode.constrained_softmax=false",
+                    "decode.length_penalty=0"]}
 FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs)  # start from sft
 
 

@@ -63,12 +63,12 @@ def train_sasrec(cfg: Config) -> None:
     import time
 
     from bearrec.data import load_dataset
-    from bearrec.evaluation import Recommendation, metrics_of, prediction_record, seeded_subset, write_outputs
+    from bearrec.evaluation import Recommendation, metrics_of, prediction_record, seeded_subset, training_rows, write_outputs
 
     _cornac()
     run_dir = Path(cfg.output_dir)
     dataset = load_dataset(cfg.data)
-    rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
+    rows = training_rows(dataset, cfg.train.max_train_examples)
     save_config(cfg, run_dir)
     start = time.perf_counter()
     model = fit_sasrec(rows, cfg.loss.sasrec, cfg.seed)

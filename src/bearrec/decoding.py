@@ -9,6 +9,9 @@ length_penalty=lp, prefix_allowed_tokens_fn=<trie>, renormalize_logits=constrain
   candidates continue;
 - with `ghost_threshold`, tokens of probability >= it (D3's "ghost tokens") are left out of that
   length (default: all count);
+- with `token_weights` (IGD's decoding rule, `bearrec.popularity.TargetCounts.decoding_weights`),
+  each token's log-prob is multiplied by the weight of the trie node it leads to before it is added
+  to the beam's score (the length and ghost tokens still read the unweighted probability);
 - a prompt stops when its B finished slots are full and the best running beam, divided by the
   current length ** lp, cannot beat the worst finished one (Hugging Face's heuristic), or when no
   beam is left.
@@ -74,22 +77,28 @@ SelectHook = Callable[[torch.Tensor, torch.Tensor], None]
 def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
                 shared_prefix: bool | None = None, ghost_threshold: float | None = None,
-                forced_chains: bool = True, stats: "DecodeStats | None" = None) -> list[Ranked]:
+                token_weights: torch.Tensor | None = None, forced_chains: bool = True,
+                stats: "DecodeStats | None" = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
     the architecture supports it. `ghost_threshold`: tokens generated with probability >= it
     ("ghost tokens", D3) do not count in the length of `sum log-prob / length ** length_penalty`
-    (None: every token counts, Hugging Face's rule). `forced_chains`: False feeds every beam every
+    (None: every token counts, Hugging Face's rule). `token_weights`: per trie node, the factor on
+    the log-prob of the token leading to it (IGD; None: 1). `forced_chains`: False feeds every beam every
     step (the reference schedule, for tests and benchmarks; same results to float rounding).
     `stats`: filled with step and forward counts."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
         raise ValueError(f"ghost_threshold must be in (0, 1], got {ghost_threshold}")
+    if token_weights is not None and token_weights.shape != (trie.num_nodes,):
+        raise ValueError(f"token_weights must hold one weight per trie node ({trie.num_nodes}), "
+                         f"got shape {tuple(token_weights.shape)}")
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
-        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats)
+        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats,
+                       token_weights=token_weights)
 
 
 @torch.no_grad()
@@ -211,7 +220,7 @@ class _Hypotheses:
 
 def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
             on_select: SelectHook | None = None, forced_chains: bool = True,
-            stats: DecodeStats | None = None) -> list[Ranked]:
+            stats: DecodeStats | None = None, token_weights: torch.Tensor | None = None) -> list[Ranked]:
     """The beam search over prefilled prompts (runs inside `run.attention()`)."""
     n = len(run.prompt_len)
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
@@ -219,7 +228,7 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
     lazy = forced_chains and run.scorer.constrained and run.shared
     chain = forced_chains and not run.scorer.constrained and run.shared
     while len(beams.prompt):
-        candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats)
+        candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats, token_weights)
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)
@@ -231,7 +240,8 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
 
 
 def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: float | None, lazy: bool,
-                    chain: bool, stats: DecodeStats | None = None) -> _Candidates:
+                    chain: bool, stats: DecodeStats | None = None,
+                    token_weights: torch.Tensor | None = None) -> _Candidates:
     """Score stage: every live beam's trie children, each scored beam score + the token's log-prob
     (under the constrained or the full softmax) and its normalising length. Which beams the model
     runs on, and when, is `bearrec.chains`'s: `lazy` (constrained softmax) scores a one-child node
@@ -245,6 +255,8 @@ def _score_children(run: Prefilled, trie: TitleTrie, beams: _Beams, log_ghost: f
         raise ModelError("the model's next-token log-probabilities are NaN (NaN weights or a diverged "
                          "training run?): nothing can be ranked")
     length = beams.length[rows] + (1.0 if log_ghost is None else (step_lp < log_ghost).float())
+    if token_weights is not None:
+        step_lp = step_lp * token_weights[children]
     return _Candidates(rows, beams.prompt[rows], toks, children, beams.score[rows] + step_lp, length)
 
 

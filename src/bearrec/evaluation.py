@@ -32,13 +32,32 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, model, encoder: Encoder, decode: DecodeConfig):
+    def __init__(self, model, encoder: Encoder, decode: DecodeConfig, train_targets: list[int] | None = None):
+        """`train_targets`: the target item of every training row, which IGD's decoding rule
+        (`decode.igd_alpha`) reads; `for_run` passes the run's own."""
+        self.token_weights = None
+        if decode.igd_alpha is not None:
+            if train_targets is None:
+                raise BearrecError("decode.igd_alpha (IGD's decoding rule) needs the training targets its "
+                                   "information gain is counted from")
+            from bearrec.popularity import TargetCounts
+
+            self.token_weights = TargetCounts(encoder.trie, train_targets).decoding_weights(decode.igd_alpha)
         device = distributed_state().device  # this process's GPU when there is one, else the CPU
         if next(model.parameters()).device != device:
             model = model.to(device)
         self.model, self.encoder, self.decode = model.eval(), encoder, decode
         self.pad_token_id = encoder.tokenizer.pad_token_id or 0
         self._titles = {node: encoder.catalogue.title(items[0]) for node, items in encoder.trie.terminal_items.items()}
+
+    @classmethod
+    def for_run(cls, model, encoder: Encoder, cfg, dataset) -> "Recommender":
+        """The recommender of a run's config: its decode settings, and (for IGD's decoding rule)
+        the targets of the rows it trains on."""
+        targets = None
+        if cfg.decode.igd_alpha is not None:
+            targets = [r.target for r in training_rows(dataset, cfg.train.max_train_examples)]
+        return cls(model, encoder, cfg.decode, targets)
 
     def autocast(self):
         if self.decode.autocast == "bfloat16":
@@ -56,7 +75,8 @@ class Recommender:
                 ranked = beam_search(self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams,
                                      constrained_softmax=self.decode.constrained_softmax,
                                      length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id,
-                                     ghost_threshold=self.decode.ghost_threshold)
+                                     ghost_threshold=self.decode.ghost_threshold,
+                                     token_weights=self.token_weights)
                 for i, r in zip(batch, ranked):
                     out[i] = Recommendation([self._titles[n] for n in r.nodes],
                                             [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
@@ -81,6 +101,11 @@ def seeded_subset(n: int, limit: int | None, seed: int = SUBSET_SEED) -> list[in
     if limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def training_rows(dataset, max_train_examples: int | None) -> list[Example]:
+    """The rows a run trains on: all of the train split, or its seeded subsample."""
+    return [dataset.train[i] for i in seeded_subset(len(dataset.train), max_train_examples)]
 
 
 def prediction_record(example: Example, index: int, rec: Recommendation, catalogue) -> dict:
@@ -111,7 +136,7 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
     ks = [k for k in decode.ks if k <= decode.num_beams]
     return {"num_users": len(preds), "num_beams": decode.num_beams,
             "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty,
-            "ghost_threshold": decode.ghost_threshold,
+            "ghost_threshold": decode.ghost_threshold, "igd_alpha": decode.igd_alpha, "preset": decode.preset,
             "item": summarize([p["rank"] for p in preds], ks),
             "title": summarize([p["title_rank"] for p in preds], ks)}
 

@@ -60,10 +60,11 @@ def inference_flags(p, several: bool = False):
     p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
     config_flag(p, "--data", "data.name", help="dataset name or folder")
     config_flag(p, "--data-dir", "data.data_dir")
-    for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax"):
+    for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax", "igd_alpha"):
         config_flag(p, "--" + key.replace("_", "-"), f"decode.{key}")
     config_flag(p, "--decoding", "decode.preset", help="a decoding recipe the run's settings are read with; "
-                "d3: no length normalisation (Bao et al. 2024)")
+                "d3: no length normalisation (Bao et al. 2024); igd: IGD's rule (give --igd-alpha), full softmax, "
+                "no length normalisation (Lin et al. 2025)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
@@ -83,13 +84,15 @@ def inference_setup(args, check=None):
 def decoding_suffix(args) -> str:
     """A default output folder never overwrites a run's own evaluation with other decode settings:
     each decode flag given adds to the name (eval-test-d3, eval-test-ghost0.99, eval-test-b20, ...)."""
-    parts = ["d3"] if args.decoding == "d3" else []
-    if args.length_penalty is not None and args.decoding != "d3":
+    parts = [args.decoding] if args.decoding in ("d3", "igd") else []
+    if getattr(args, "igd_alpha", None) is not None:
+        parts.append(f"a{args.igd_alpha:g}")
+    if args.length_penalty is not None and args.decoding not in ("d3", "igd"):
         parts.append(f"lp{args.length_penalty:g}")
     if args.ghost_threshold is not None:
         parts.append(f"ghost{args.ghost_threshold:g}")
     if args.num_beams is not None:
         parts.append(f"b{args.num_beams}")
-    if args.constrained_softmax is not None:
+    if args.constrained_softmax is not None and args.decoding != "igd":
         parts.append("cs" if args.constrained_softmax else "nocs")
     return "".join(f"-{p}" for p in parts)

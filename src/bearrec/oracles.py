@@ -33,10 +33,38 @@ class DictTrie:
         return sorted(node)
 
 
+class IgdScaling:
+    """A `generate` logits processor: each valid child's log-prob times the weight of the trie node
+    it leads to (IGD's decoding rule, written the way its authors' code applies it: after the
+    log-softmax, per beam, by walking the beam's prefix). `constrained`: the log-softmax over the
+    valid children is taken here, before the weights (`generate`'s `renormalize_logits` would
+    renormalise after them)."""
+
+    def __init__(self, trie: TitleTrie, token_weights: torch.Tensor, start: int, constrained: bool):
+        self.trie, self.weights, self.start, self.constrained = trie, token_weights, start, constrained
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        for row, ids in enumerate(input_ids.tolist()):
+            node = self.trie.node_of(ids[self.start:])
+            if node < 0:
+                continue
+            _, toks, children = self.trie.children(torch.tensor([node]))
+            if self.constrained:
+                scores[row, toks] = scores[row, toks] - torch.logsumexp(scores[row, toks], 0)
+            for tok, child in zip(toks.tolist(), children.tolist()):
+                scores[row, tok] = scores[row, tok] * float(self.weights[child])
+        return scores
+
+
 @torch.no_grad()
 def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
-                   constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0) -> list[Ranked]:
-    """`generate` one prompt at a time (no padding). Placeholder / off-trie sequences are dropped."""
+                   constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
+                   token_weights: torch.Tensor | None = None) -> list[Ranked]:
+    """`generate` one prompt at a time (no padding). Placeholder / off-trie sequences are dropped.
+    `token_weights`: IGD's rule through a logits processor (`IgdScaling`)."""
+    from transformers import LogitsProcessorList
+
     dict_trie = DictTrie(set(trie.item_paths.values()))
     eos = trie.eos_token_id
     max_new = max(len(p) for p in trie.item_paths.values()) + 1
@@ -51,9 +79,11 @@ def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: 
             torch.tensor([prompt]), attention_mask=torch.ones((1, start), dtype=torch.long),
             num_beams=num_beams, num_return_sequences=num_beams, do_sample=False, early_stopping=False,
             length_penalty=length_penalty, max_new_tokens=max_new, prefix_allowed_tokens_fn=allowed,
-            renormalize_logits=constrained_softmax, output_scores=True, output_logits=True,
+            renormalize_logits=constrained_softmax and token_weights is None, output_scores=True, output_logits=True,
             return_dict_in_generate=True, pad_token_id=pad_token_id, eos_token_id=eos, top_k=None, top_p=None,
-            temperature=None, repetition_penalty=1.0)
+            temperature=None, repetition_penalty=1.0,
+            logits_processor=LogitsProcessorList([IgdScaling(trie, token_weights, start, constrained_softmax)] if token_weights is not None
+                                                 else []))
         if num_beams == 1:  # generate() runs greedy search: no sequences_scores, score it here
             scores = [_greedy_score(out, start, dict_trie, constrained_softmax, length_penalty)]
         else:
@@ -88,10 +118,11 @@ def _greedy_score(out, start: int, dict_trie: DictTrie, constrained: bool, lengt
 
 @torch.no_grad()
 def exhaustive_scores(model, trie: TitleTrie, prompt: list[int], *, constrained_softmax: bool = True,
-                      length_penalty: float = 1.0, ghost_threshold: float | None = None
-                      ) -> dict[tuple[int, ...], float]:
+                      length_penalty: float = 1.0, ghost_threshold: float | None = None,
+                      token_weights: torch.Tensor | None = None) -> dict[tuple[int, ...], float]:
     """Teacher-forced score of every title path: sum of token log-probs / length ** lp, the length
-    counting every token, or (`ghost_threshold`) those of probability below it (at least 1)."""
+    counting every token, or (`ghost_threshold`) those of probability below it (at least 1).
+    `token_weights`: each log-prob times the weight of the node its token leads to (IGD)."""
     paths = sorted(set(trie.item_paths.values()))
     scores = {}
     for path in paths:
@@ -105,7 +136,8 @@ def exhaustive_scores(model, trie: TitleTrie, prompt: list[int], *, constrained_
                 lp = row[tok] - torch.logsumexp(row[allowed], 0)
             else:
                 lp = row.log_softmax(-1)[tok]
-            total += float(lp)
+            weight = 1.0 if token_weights is None else float(token_weights[trie.node_of(path[:t + 1])])
+            total += weight * float(lp)
             length += ghost_threshold is None or math.exp(float(lp)) < ghost_threshold
         scores[path] = total / max(length, 1) ** length_penalty
     return scores

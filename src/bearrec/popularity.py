@@ -16,6 +16,10 @@ add, as in the IGD authors' title -> frequency file. For every trie node:
   where both call every token non-decisive.
 
 Computed once per run with array operations over the trie's CSR arrays, one pass per depth level.
+
+IGD's decoding rule reads `decoding_weights(alpha)`: per node, the factor on the log-prob of the
+token that leads to it, 1 - alpha (IG - min IG) / (max IG - min IG) over that token's siblings (the
+children of the same node), 1 where the siblings' IGs are all equal (a single child among them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import numpy as np
 import torch
 
 from bearrec.errors import BearrecError
+
+
+SAME_IG = 1e-12  # nats: sibling IGs closer than this are equal (entropies here are O(1-10) nats)
 
 
 class TargetCounts:
@@ -52,6 +59,21 @@ class TargetCounts:
         up = np.maximum(self.parent, 0)
         self.information_gain = np.where(self.parent >= 0, self.entropy[up] - self.entropy, 0.0)
         self.decisive = (self.parent >= 0) & (self.node_counts[up] > self.node_counts)
+
+    def decoding_weights(self, alpha: float) -> torch.Tensor:
+        """Per node, IGD's factor on the log-prob of the token that leads to it (1 at the root)."""
+        trie = self.trie
+        starts = trie.indptr[:-1].numpy()
+        has = trie.num_children.numpy() > 0
+        # per edge, grouped by parent; exactly 0 for non-decisive tokens (float sums can leave ~1e-17)
+        ig = np.where(self.decisive, self.information_gain, 0.0)[trie.child_nodes.numpy()]
+        low = np.repeat(np.minimum.reduceat(ig, starts[has]), trie.num_children.numpy()[has])
+        high = np.repeat(np.maximum.reduceat(ig, starts[has]), trie.num_children.numpy()[has])
+        span = np.where(high - low > SAME_IG, high - low, 0.0)  # siblings of equal IG up to float rounding: 1
+        m = np.where(span > 0, 1.0 - alpha * (ig - low) / np.where(span > 0, span, 1.0), 1.0)
+        out = np.ones(trie.num_nodes)
+        out[trie.child_nodes.numpy()] = m
+        return torch.from_numpy(out).float()
 
     def subtree_sums(self, values: np.ndarray) -> np.ndarray:
         """Per node, the sum of `values` over the node and every node below it."""

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from bearrec.config import Config
-from bearrec.evaluation import Recommendation, metrics_of, prediction_record, seeded_subset, write_outputs
+from bearrec.evaluation import Recommendation, metrics_of, prediction_record, seeded_subset, training_rows, write_outputs
 from bearrec.metrics import hit, ndcg
 
 NAMES = ("popularity", "zero_shot")
@@ -40,7 +40,7 @@ def popularity_ranking(targets: list[int], trie, k: int) -> list[tuple[int, int]
 
 
 def popularity_predictions(cfg: Config, dataset, encoder, indices: list[int]) -> tuple[list[dict], dict]:
-    train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
+    train_rows = training_rows(dataset, cfg.train.max_train_examples)
     ranking = popularity_ranking([r.target for r in train_rows], encoder.trie, cfg.decode.num_beams)
     catalogue, trie = encoder.catalogue, encoder.trie
     rec = Recommendation([catalogue.title(trie.items_at(n)[0]) for n, _ in ranking],
@@ -59,7 +59,7 @@ def zero_shot_predictions(cfg: Config, dataset, indices: list[int], progress: bo
 
     torch.manual_seed(cfg.seed)  # as training does before it builds the model: the same initial weights
     encoder, model = build_encoder_and_model(cfg, dataset)
-    preds, metrics = evaluate(Recommender(model, encoder, cfg.decode), dataset.test, indices, progress=progress)
+    preds, metrics = evaluate(Recommender.for_run(model, encoder, cfg, dataset), dataset.test, indices, progress=progress)
     metrics["reference"] = {"name": "zero_shot", "model": cfg.model.name_or_path}
     return preds, metrics
 

@@ -118,6 +118,9 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
     suffix = "" if evaluation in ("eval-test", *REFERENCE_ROWS) else f" [{evaluation.removeprefix('eval-test-')}]"
+    igd = (cfg.get("decode") or {}).get("igd_alpha")
+    if evaluation == "eval-test" and igd is not None:  # the run decodes with IGD's rule itself
+        suffix = f" [igd-a{igd:g}]"
     label = method_label(cfg) + suffix
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "settings": run_settings(cfg), "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}

@@ -66,4 +66,4 @@ def load_run(model: str | Path, config: str | Path | None = None, overrides: Seq
                                     lora=dataclasses.replace(cfg.model.lora, enabled=False))
     loaded, tokenizer = load_model(cfg.model)
     encoder = build_encoder(cfg.prompt, dataset, tokenizer, loaded)
-    return LoadedRun(cfg, dataset, Recommender(loaded, encoder, cfg.decode))
+    return LoadedRun(cfg, dataset, Recommender.for_run(loaded, encoder, cfg, dataset))

@@ -160,8 +160,9 @@ class ModelConfig(Section):
 # decode.preset: named decoding recipes, each the values it implies (set when the preset is chosen and
 # the key is not given; a given value that contradicts it is an error)
 # hf: Hugging Face's beam-search scoring with the configured length penalty; d3 (Bao et al. 2024): no
-# length normalisation
-PRESETS = {"hf": {}, "d3": {"length_penalty": 0.0}}
+# length normalisation; igd (Lin et al. 2025): IG-scaled token scores (decode.igd_alpha, required) over
+# the whole vocabulary's softmax, no length normalisation, as in the IGD authors' scripts
+PRESETS = {"hf": {}, "d3": {"length_penalty": 0.0}, "igd": {"length_penalty": 0.0, "constrained_softmax": False}}
 
 
 @dataclass
@@ -179,10 +180,17 @@ class DecodeConfig(Section):
     batch_size: int = setting(8, min=1, help="users decoded together")
     autocast: Literal["none", "bfloat16"] = "none"
     ks: list[int] = setting(factory=lambda: [1, 5, 10, 20], each_min=1, help="cut-offs; above num_beams skipped")
-    preset: Literal["hf", "d3"] = setting("hf", help="a named recipe: hf = the length penalty as set; d3 = no "
-                                                     "length normalisation (Bao et al. 2024)")
+    igd_alpha: Optional[float] = setting(
+        None, min=0.0, max=1.0,
+        help="IGD's decoding rule: each token's log-prob times 1 - alpha * its information gain normalised among "
+             "its trie siblings, from the run's training targets (Lin et al. 2025; their grid 0-0.4)")
+    preset: Literal["hf", "d3", "igd"] = setting(
+        "hf", help="a named recipe: hf = the length penalty as set; d3 = no length normalisation (Bao et al. 2024); "
+                   "igd = IGD's decoding (decode.igd_alpha), full softmax, no length normalisation")
 
     def check_more(self) -> None:
+        if self.preset == "igd" and self.igd_alpha is None:
+            raise ConfigError("decode.preset igd needs decode.igd_alpha (the IGD authors searched 0-0.4)")
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) != value:
                 raise ConfigError(f"decode.preset {self.preset} means decode.{key}={value}, not {getattr(self, key)}")

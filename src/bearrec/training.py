@@ -27,7 +27,7 @@ from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, check, save_config, to_dict
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
-from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, write_outputs
+from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, training_rows, write_outputs
 from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
@@ -169,8 +169,9 @@ class EpochSelection(TrainerCallback):
     """After each epoch: decode the validation subset, log NDCG@K, choose the epoch by
     `train.selection_rule` (`bearrec.selection`) and export the chosen model."""
 
-    def __init__(self, run_dir: Path, encoder: Encoder, cfg: Config, valid, indices):
-        self.run_dir, self.encoder, self.cfg, self.valid, self.indices = run_dir, encoder, cfg, valid, indices
+    def __init__(self, run_dir: Path, encoder: Encoder, cfg: Config, dataset, indices):
+        self.run_dir, self.encoder, self.cfg, self.indices = run_dir, encoder, cfg, indices
+        self.dataset, self.valid = dataset, dataset.valid
         self.path = run_dir / "selection.json"
         self.record = json.loads(self.path.read_text()) if self.path.exists() else {"epochs": [], "best": None}
         self.k = min(cfg.train.selection_k, cfg.decode.num_beams)
@@ -186,8 +187,8 @@ class EpochSelection(TrainerCallback):
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         epoch = round(state.epoch)
         was_training = unwrapped.training
-        preds, metrics = evaluate(Recommender(unwrapped, self.encoder, self.cfg.decode), self.valid, self.indices,
-                                  progress=False)
+        preds, metrics = evaluate(Recommender.for_run(unwrapped, self.encoder, self.cfg, self.dataset), self.valid,
+                                  self.indices, progress=False)
         unwrapped.train(was_training)
         k = self.k
         ranks = [p["rank"] for p in preds]
@@ -330,7 +331,7 @@ def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingAr
 def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
-    train_rows = [dataset.train[i] for i in seeded_subset(len(dataset.train), cfg.train.max_train_examples)]
+    train_rows = training_rows(dataset, cfg.train.max_train_examples)
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
     collator, counts = needs.prepare(methods.get(cfg.loss.name), encoder, train_rows,
                                      Collator(encoder.tokenizer.pad_token_id))
@@ -341,7 +342,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     save_config(cfg, run_dir)
     t = cfg.train
     args = training_arguments(cfg, run_dir / "checkpoints")
-    selection = EpochSelection(run_dir, encoder, cfg, dataset.valid, valid_idx) if dataset.valid else None
+    selection = EpochSelection(run_dir, encoder, cfg, dataset, valid_idx) if dataset.valid else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,
                           callbacks=[DivergenceGuard(), *([selection] if selection else [])])
@@ -370,7 +371,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
         if selection is not None:
             best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
-        preds, metrics = evaluate(Recommender(best, encoder, cfg.decode), dataset.test, test_idx)
+        preds, metrics = evaluate(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx)
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)
@@ -387,7 +388,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
         if last is not None:
             # what selection did: the last epoch's weights (still in memory) on the same test users
             final = trainer.accelerator.unwrap_model(trainer.model).eval()
-            preds, metrics = evaluate(Recommender(final, encoder, cfg.decode), dataset.test, test_idx)
+            preds, metrics = evaluate(Recommender.for_run(final, encoder, cfg, dataset), dataset.test, test_idx)
             if trainer.accelerator.is_main_process:
                 metrics["epoch"] = last
                 write_outputs(run_dir / "eval-test-last", preds, metrics)

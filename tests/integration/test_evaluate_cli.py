@@ -178,3 +178,33 @@ def test_d3_decoding_preset_and_ghost_threshold(run_dir, capsys):
     assert metrics["ghost_threshold"] == 0.99 and metrics["num_beams"] == 2
     after = (run_dir / "eval-test" / "metrics.json").read_text() if (run_dir / "eval-test").exists() else None
     assert before == after
+
+
+def test_igd_decoding_preset_reads_the_runs_training_targets(run_dir, capsys):
+    """--decoding igd --igd-alpha A: IGD's rule with weights counted from the run's training rows,
+    full softmax, length penalty 0, into its own folder; the scores are the direct decoder's with
+    those weights. Without --igd-alpha it is an error naming the setting."""
+    from bearrec.evaluation import training_rows
+    from bearrec.popularity import TargetCounts
+    from transformers import AutoModelForCausalLM
+
+    assert main(["evaluate", "--model", str(run_dir), "--decoding", "igd", "--igd-alpha", "0.3"]) == 0
+    folder = run_dir / "eval-test-igd-a0.3"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["igd_alpha"], metrics["preset"], metrics["length_penalty"], metrics["constrained_softmax"]) == \
+        (0.3, "igd", 0.0, False)
+    preds = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    tok = load_tokenizer(run_dir / "model")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
+    ds = load_authors_dir(run_dir.parent / "Shop", valid_fraction=0.0)
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "Shop"), ds.catalogue)
+    weights = TargetCounts(enc.trie, [r.target for r in training_rows(ds, None)]).decoding_weights(0.3)
+    assert float(weights.min()) < 1.0  # some token's gain differs from its siblings': the rule does something
+    direct = beam_search(model, enc.trie, [enc.prompt_ids(e.history) for e in ds.test], 3, length_penalty=0.0,
+                         constrained_softmax=False, token_weights=weights, pad_token_id=tok.pad_token_id)
+    assert [p["scores"] for p in preds] == [pytest.approx(r.scores, abs=1e-5) for r in direct]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run_dir), "--decoding", "igd"]) == 2
+    assert "decode.preset igd needs decode.igd_alpha" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(run_dir), "--igd-alpha", "-0.1"]) == 2
+    assert "decode.igd_alpha must be >= 0" in capsys.readouterr().err

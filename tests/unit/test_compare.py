@@ -182,3 +182,19 @@ def test_reference_rows_come_once_per_dataset_and_seed_and_must_agree(tmp_path):
     (msl / "ref-popularity" / "predictions.jsonl").write_text(json.dumps({"index": 0, "rank": 0}) + "\n")
     with pytest.raises(Exception, match="ref-popularity/ differ on office"):
         compare([*runs, msl], references=True)
+
+
+def test_a_run_that_decodes_with_igds_rule_says_so_in_its_label(tmp_path, capsys):
+    """IGD as a whole is IGD-Tuning plus IGD's decoding rule: a run whose own config decodes with the
+    rule gets `[igd-a<alpha>]`, so it is never mistaken for the tuning-only row."""
+    from bearrec.report import load_run
+
+    plain = make_run(tmp_path, "igd-plain", "igd", 0, [0, None])
+    whole = make_run(tmp_path, "igd-whole", "igd", 0, [1, None], **{"decode.igd_alpha": 0.2, "decode.preset": "igd",
+                                                                      "decode.length_penalty": 0.0,
+                                                                      "decode.constrained_softmax": False})
+    assert load_run(plain)["method"] == "igd-tuning"
+    assert load_run(whole)["method"] == "igd-tuning [igd-a0.2]"
+    assert main(["compare", str(plain), str(whole)]) == 0
+    out = capsys.readouterr().out
+    assert "| igd-tuning (1 seed) |" in out and "| igd-tuning [igd-a0.2] (1 seed) |" in out

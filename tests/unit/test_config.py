@@ -126,7 +126,7 @@ def test_cli_flags_are_made_from_the_declarations(capsys):
         parser.parse_args(["evaluate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(decode.batch_size; default: the config's value, else {DecodeConfig().batch_size})" in text
-    assert "--decoding {hf,d3}" in text and "--constrained-softmax, --no-constrained-softmax" in text
+    assert "--decoding {hf,d3,igd}" in text and "--constrained-softmax, --no-constrained-softmax" in text
     args = parser.parse_args(["evaluate", "--model", "m", "--num-beams", "3", "--no-constrained-softmax"])
     from bearrec.flags import overrides_of
 

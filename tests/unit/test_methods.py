@@ -49,7 +49,7 @@ def test_labels_and_descriptions_come_from_the_method():
     loss = to_dict(LossConfig())
     assert methods.get("d2lr").row_label(loss) == "d2lr-reconstructed" and "reconstructed" in methods.get(
         "d2lr").description(loss)
-    assert methods.get("igd").row_label(loss) == "igd-tuning" and "decoding rule not applied" in methods.get(
+    assert methods.get("igd").row_label(loss) == "igd-tuning" and "decoding rule only where decode.preset is igd" in methods.get(
         "igd").description(loss)
     assert methods.get("cft").row_label(loss) == "cft" and "alpha=0.1" in methods.get("cft").description(loss)
 

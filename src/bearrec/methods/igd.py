@@ -1,8 +1,9 @@
 """`igd`: IGD-Tuning, the training half of IGD (Lin et al., NeurIPS 2025): SFT cross-entropy with
 weight `loss.igd.beta` on tokens whose information gain over the training-target distribution is 0
 (`bearrec.losses.baselines`, `bearrec.popularity`). IGD's decoding rule (each candidate's log-prob
-scaled by 1 - alpha * its normalised IG among its siblings) is not applied: these runs decode with
-the configured decoder, and are labelled `igd-tuning`."""
+scaled by 1 - alpha * its normalised IG among its siblings) is a decoding setting usable with any
+model: `decode.preset: igd` with `decode.igd_alpha` (`bearrec.evaluation.Recommender`). Runs are
+labelled `igd-tuning`, plus `[igd-a<alpha>]` in `compare` where they decode with the rule (whole IGD)."""
 
 import torch
 
@@ -17,7 +18,7 @@ def _parts(batch: Batch):
 
 def _describe(loss: dict) -> str:
     return (f"`igd` (IGD-Tuning: CE weight beta={loss['igd']['beta']} on zero-information-gain tokens; "
-            f"IGD's decoding rule not applied)")
+            f"IGD's decoding rule only where decode.preset is igd)")
 
 
 METHODS = (Method("igd", _parts, "IGD-Tuning: SFT with weight beta on zero-information-gain tokens (loss.igd.*)",
