@@ -45,6 +45,7 @@ PREF = ["train.epochs=1", "train.learning_rate=1e-4", "decode.constrained_softma
 OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=1"],
             "dpo": ["loss.name=dpo", *PREF], "sdpo": ["loss.name=sdpo", *PREF],
             "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF],
+            "rosepo": ["loss.name=rosepo", *PREF],
             # issue 16: trained like sft, decoded like sft (BASELINES.md's protocol), except IGD, which
             # brings its own decoding rule (alpha 0.2: the middle of the authors' typical 0.1-0.2..0.4, untuned)
             "cft": ["loss.name=cft", "decode.constrained_softmax=false"],

@@ -2,7 +2,7 @@
 
 Each example becomes a group: the prompt with the positive title, then with N negatives sampled
 uniformly from the catalogue (seeded per example by `loss.pref.negatives_seed`, never an item whose
-title equals the target's; `dpo` takes one). Reference log-probabilities (the starting model's
+title equals the target's; `dpo` takes one), or chosen by RosePO's strategies (`rosepo_negatives`). Reference log-probabilities (the starting model's
 sequence log-probs of every group member) are computed once before training and cached in
 `RUN/reference_logps.pt`, so training holds one model and a resumed run reuses the starting model's
 values rather than recomputing them with trained weights.
@@ -42,6 +42,50 @@ def sample_negatives(targets: list[int], encoder: Encoder, num_negatives: int, s
             if catalogue.title(item) != title and item not in chosen:
                 chosen.append(item)
         out.append(chosen)
+    return out
+
+
+def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed: int,
+                     batch_size: int = 32) -> list[list[int]]:
+    """One item id per strategy per example (RosePO's negatives, as reconstructed):
+    - "self": the starting model's best-scoring title other than the target's, from a constrained
+      beam search with B = 2 over the example's prompt (the greedy title where that is wrong);
+    - "popular": a title trained on, drawn with probability proportional to its count among the
+      examples' targets (seeded per example), never the target's title."""
+    from bearrec.decoding import beam_search
+
+    catalogue, trie = encoder.catalogue, encoder.trie
+    titles = [catalogue.title(r.target) for r in rows]
+    out: list[list[int]] = [[] for _ in rows]
+    for strategy in strategies:
+        if strategy == "self":
+            was_training = model.training
+            model.eval()
+            prompts = [encoder.prompt_ids(r.history) for r in rows]
+            for start in tqdm(range(0, len(rows), batch_size), desc="rosepo self negatives", unit="batch"):
+                ranked = beam_search(model, trie, prompts[start:start + batch_size], 2,
+                                     pad_token_id=encoder.tokenizer.pad_token_id or 0)
+                for i, r in enumerate(ranked, start):
+                    wrong = [n for n in r.nodes if catalogue.title(trie.items_at(n)[0]) != titles[i]]
+                    if not wrong:
+                        raise BearrecError(f"rosepo: no title other than the target's came back for training row {i}")
+                    out[i].append(trie.items_at(wrong[0])[0])
+            model.train(was_training)
+        elif strategy == "popular":
+            counts: dict[str, int] = {}
+            first_item: dict[str, int] = {}
+            for r, t in zip(rows, titles):
+                counts[t] = counts.get(t, 0) + 1
+                first_item.setdefault(t, r.target)
+            if len(counts) < 2:
+                raise BearrecError("rosepo: a popular negative needs at least two distinct training titles")
+            names = sorted(counts)
+            for i, t in enumerate(titles):
+                rng = random.Random(f"{seed}-popular-{i}")
+                others = [n for n in names if n != t]
+                out[i].append(first_item[rng.choices(others, weights=[counts[n] for n in others])[0]])
+        else:
+            raise BearrecError(f"rosepo: unknown negative strategy {strategy!r}")
     return out
 
 

@@ -276,6 +276,32 @@ class IgdConfig(Section):
                                              "Books 0.1, CDs 0.1, Games 0.2; 1 = sft)")
 
 
+ROSEPO_NEGATIVES = ("self", "popular")
+
+
+@dataclass
+class RoseConfig(Section):
+    """rosepo (reconstructed; `bearrec.losses.preference`): smoothed DPO with harm- and
+    helpfulness-aimed negatives (Liao et al., arXiv 2410.12519; no public code). From an SFT start,
+    with loss.pref.beta."""
+
+    PATH: ClassVar[str] = "loss.rosepo"
+    smoothing: float = setting(0.1, min=0.0, max=0.5,
+                               help="eps, the weight of the reversed preference: -(1-eps) log s(beta h) - eps log "
+                                    "s(-beta h) (0: DPO; one constant for every user: no preference oracle here)")
+    negatives: list[str] = setting(
+        factory=lambda: list(ROSEPO_NEGATIVES),
+        help="one negative per strategy: self = the starting model's best-scoring title other than the target's "
+             "(constrained beam search, B = 2); popular = a trained-on title drawn by its training-target count")
+    negatives_seed: int = 0  # the popular draw, seeded per example
+
+    def check_more(self) -> None:
+        bad = [n for n in self.negatives if n not in ROSEPO_NEGATIVES]
+        if bad or not self.negatives or len(set(self.negatives)) != len(self.negatives):
+            raise ConfigError(f"loss.rosepo.negatives must be distinct strategies among {', '.join(ROSEPO_NEGATIVES)}, "
+                              f"got {self.negatives}")
+
+
 @dataclass
 class LossConfig(Section):
     PATH: ClassVar[str] = "loss"
@@ -287,6 +313,7 @@ class LossConfig(Section):
     cft: CftConfig = field(default_factory=CftConfig)
     d2lr: D2lrConfig = field(default_factory=D2lrConfig)
     igd: IgdConfig = field(default_factory=IgdConfig)
+    rosepo: RoseConfig = field(default_factory=RoseConfig)
 
     def check_more(self) -> None:
         from bearrec import methods  # the registry names the methods and holds each one's own checks

@@ -13,6 +13,7 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import random
@@ -399,14 +400,19 @@ def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_
     """Preference methods: negatives per example and the starting model's reference log-probs."""
     from bearrec.preference import PreferenceCollator, PreferenceSet, reference_log_probs, sample_negatives
 
-    pref = cfg.loss.pref
-    n = methods.get(cfg.loss.name).num_negatives(cfg.loss)
-    negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
+    pref, method = cfg.loss.pref, methods.get(cfg.loss.name)
+    n = method.num_negatives(cfg.loss)
+    model.to(distributed_state().device)
+    if method.negatives is not None:  # the method's own choice (rosepo: the starting model's decode, popularity)
+        negatives = method.negatives(cfg, model, encoder, train_rows)
+    else:
+        negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
     data = PreferenceSet(train_set, encoder, negatives)
     collator = PreferenceCollator(collator)
     key = {"model": cfg.model.name_or_path, "data": to_dict(cfg.data), "n": n, "seed": pref.negatives_seed,
            "examples": len(train_rows), "max_train_examples": cfg.train.max_train_examples}
-    model.to(distributed_state().device)
+    if method.negatives is not None:  # a cache of other negatives is not these groups' reference
+        key["negatives"] = hashlib.sha1(json.dumps(negatives).encode()).hexdigest()
     data.reference = reference_log_probs(model, data, collator, run_dir / "reference_logps.pt", key,
                                          batch_size=cfg.train.batch_size)
     return data, collator

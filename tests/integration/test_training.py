@@ -321,6 +321,54 @@ def test_preference_losses_start_from_sft_with_cached_reference(tmp_path, name, 
     assert all(ds.catalogue.title(n) != ds.catalogue.title(e.target) for e, group in zip(ds.train, negs) for n in group)
 
 
+def test_rosepo_negatives_and_first_loss(tmp_path):
+    """rosepo from an SFT start: the policy equals the reference at the first step, so every margin
+    is 0 and the first loss is log 2 whatever eps; its negatives are, per example, the SFT model's
+    best-scoring title other than the target's (B = 2 constrained beam search) and a trained-on title
+    other than the target's."""
+    from transformers import AutoModelForCausalLM
+
+    from bearrec.config import PromptConfig
+    from bearrec.data.encode import Encoder
+    from bearrec.data.prompts import PromptTemplate
+    from bearrec.decoding import beam_search
+    from bearrec.modeling import load_tokenizer
+    from bearrec.preference import rosepo_negatives
+
+    data = write_authors(tmp_path / "Shop")
+    sft = train(_cfg(data, tmp_path / "sft", "loss.name=sft", "train.epochs=1", "train.eval_test=false",
+                     "data.valid_fraction=0.0"))
+    run = train(_cfg(data, tmp_path / "rosepo", "loss.name=rosepo", f"model.name_or_path={sft / 'model'}",
+                     "loss.rosepo.smoothing=0.2", "train.epochs=1", "train.eval_test=false", "data.valid_fraction=0.0"))
+    assert _first_losses(run)[0] == pytest.approx(math.log(2), abs=1e-3)
+    ds = load_authors_dir(data, valid_fraction=0.0)
+    assert torch.load(run / "reference_logps.pt")["values"].shape == (len(ds.train), 3)
+    tok = load_tokenizer(sft / "model")
+    model = AutoModelForCausalLM.from_pretrained(sft / "model").eval()
+    enc = Encoder(tok, PromptTemplate.from_config(PromptConfig(template="compact"), "Shop"), ds.catalogue)
+    negs = rosepo_negatives(model, enc, ds.train, ["self", "popular"], 0)
+    title = ds.catalogue.title
+    trained = {title(e.target) for e in ds.train}
+    for e, (own, popular) in zip(ds.train, negs):
+        (ranked,) = beam_search(model, enc.trie, [enc.prompt_ids(e.history)], 2, pad_token_id=tok.pad_token_id)
+        best_wrong = next(n for n in ranked.nodes if title(enc.trie.items_at(n)[0]) != title(e.target))
+        assert title(own) == title(enc.trie.items_at(best_wrong)[0])
+        assert title(popular) != title(e.target) and title(popular) in trained
+    assert rosepo_negatives(model, enc, ds.train, ["popular"], 0) == [[p] for _, p in negs]  # seeded
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.rosepo.smoothing=0.6", "loss.rosepo.smoothing must be"),
+    ("loss.rosepo.negatives=[self,random]", "loss.rosepo.negatives must be distinct strategies"),
+    ("loss.rosepo.negatives=[]", "loss.rosepo.negatives must be distinct strategies")])
+def test_bad_rosepo_settings(override, message):
+    from bearrec.config import load_config
+    from bearrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["loss.name=rosepo", override])
+
+
 def test_too_many_negatives_is_a_clear_error(tmp_path, capsys):
     data = write_authors(tmp_path / "Shop")  # 5 distinct titles
     argv = ["train", f"data.name={data}", f"output_dir={tmp_path / 'run'}", *TINY, "loss.name=sdpo",

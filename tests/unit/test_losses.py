@@ -241,6 +241,31 @@ def test_sdpo_by_hand_and_dpo_as_one_negative():
         sdpo_per_example(policy[:, :1], ref[:, :1], 0.5)
 
 
+def test_rosepo_smoothed_dpo_by_hand():
+    """-(1 - eps) log sigmoid(m) - eps log sigmoid(-m) = softplus(-m) + eps m, per negative, averaged."""
+    from bearrec.losses.preference import preference_parts, smoothed_dpo_per_example
+
+    policy, ref = torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -1.5, -1.5]])
+    # r = policy - ref = [0.5, -0.5, -1.5]; margins r_0 - r_j = 1, 2
+    # m = 1: softplus(-1) + 0.1 = 0.313262 + 0.1 = 0.413262; m = 2: 0.126928 + 0.2 = 0.326928; mean 0.370095
+    assert float(smoothed_dpo_per_example(policy, ref, 1.0, 0.1)[0]) == pytest.approx(0.370095, abs=1e-6)
+    # eps = 0 is DPO against each negative: mean of log(1 + e^-1) and log(1 + e^-2)
+    want = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 2
+    assert float(smoothed_dpo_per_example(policy, ref, 1.0, 0.0)[0]) == pytest.approx(want)
+    # conservative: the gradient in the margin, -sigmoid(-m) + eps, vanishes where sigmoid(-m) = eps
+    m = torch.tensor(math.log(1 / 0.1 - 1), requires_grad=True)  # sigmoid(-m) = 0.1
+    pol = torch.stack([m, torch.tensor(0.0)])[None]
+    smoothed_dpo_per_example(pol, torch.zeros(1, 2), 1.0, 0.1).sum().backward()
+    assert float(m.grad) == pytest.approx(0.0, abs=1e-6)
+    # through preference_parts (tokens summed per sequence): the same value
+    token_lp = torch.tensor([-0.4, -0.6, -2.0, -1.0, -2.0])
+    rows = torch.tensor([0, 0, 1, 2, 2])
+    num, den = preference_parts(token_lp, rows, ref, beta=1.0, smoothing=0.1)
+    assert float(num / den) == pytest.approx(0.370095, abs=1e-6)
+    with pytest.raises(ValueError, match=">= 1 negative"):
+        smoothed_dpo_per_example(policy[:, :1], ref[:, :1], 1.0, 0.1)
+
+
 def test_preference_parts_sum_tokens_per_sequence_and_average_examples():
     from bearrec.losses.preference import preference_parts, sdpo_per_example
 

@@ -15,9 +15,9 @@ SRC = Path(methods.__file__).resolve().parents[1]
 
 def test_every_method_is_registered_with_valid_declarations():
     assert set(methods.NAMES) == {"sft", "msl", "bear", "beam_sim", "dpo", "sdpo", "sdpo_bear", "sasrec", "cft", "d2lr",
-                                  "igd"}
+                                  "igd", "rosepo"}
     for m in methods.REGISTRY.values():
-        assert set(m.sections) <= {"tau", "bear", "pref", "sasrec", "cft", "d2lr", "igd"}
+        assert set(m.sections) <= {"tau", "bear", "pref", "sasrec", "cft", "d2lr", "igd", "rosepo"}
         assert set(m.needs) <= set(methods.NEEDS)
         assert m.summary and callable(m.parts)
         assert ("preference" in m.needs) == (m.num_negatives is not None)
@@ -49,8 +49,12 @@ def test_labels_and_descriptions_come_from_the_method():
     loss = to_dict(LossConfig())
     assert methods.get("d2lr").row_label(loss) == "d2lr-reconstructed" and "reconstructed" in methods.get(
         "d2lr").description(loss)
-    assert methods.get("igd").row_label(loss) == "igd-tuning" and "decoding rule only where decode.preset is igd" in methods.get(
-        "igd").description(loss)
+    assert methods.get("igd").row_label(loss) == "igd-tuning" and "decoding rule only where decode.preset is igd" \
+        in methods.get("igd").description(loss)
+    assert methods.get("rosepo").row_label(loss) == "rosepo-reconstructed"
+    assert "eps=0.1" in methods.get("rosepo").description(loss) and "self+popular" in methods.get(
+        "rosepo").description(loss)
+    assert methods.get("rosepo").num_negatives(LossConfig()) == 2 and "preference" in methods.get("rosepo").needs
     assert methods.get("cft").row_label(loss) == "cft" and "alpha=0.1" in methods.get("cft").description(loss)
 
 

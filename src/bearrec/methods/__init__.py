@@ -57,6 +57,9 @@ class Method:
     label: Callable[[dict], str] | None = None  # the `loss` section of a config dict -> row label; default: name
     describe: Callable[[dict], str] | None = None  # the same -> report.md's loss line; default: name
     num_negatives: Callable[[object], int] | None = None  # preference methods: negatives per example
+    # preference methods that choose their negatives (default: uniform samples, `sample_negatives`):
+    # (config, starting model, encoder, training rows) -> item ids per example
+    negatives: Callable[[object, object, object, list], list[list[int]]] | None = None
     short_sets_auto: Callable[[str], str] = lambda form: "trivial"  # `loss.bear.short_sets: auto` by form
     # not a fine-tuning loss (a conventional reference): trains itself into a run directory, cfg -> None
     train: Callable[[object], None] | None = None
