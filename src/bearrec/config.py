@@ -71,18 +71,29 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def resolved(data: dict) -> dict:
     """A config dict (e.g. a run's config.yaml) as the run behaved: keys it lacks that changed
-    meaning get their LEGACY value, and `auto` settings are resolved."""
+    meaning get their LEGACY value, every other key it lacks today's default (a setting added later
+    defaults to the old behaviour), and `auto` settings are resolved."""
     import copy
 
     out = copy.deepcopy(data)
     for key, value in LEGACY.items():
         if _get(out, key) is None:
             _set(out, key, value)
+    _fill_defaults(out, to_dict(Config()))  # any other key it lacks was added later with the old behaviour
     bear = _get(out, "loss.bear")
     if isinstance(bear, dict):
         bear["short_sets"] = effective_short_sets(_get(out, "loss.name") or "bear", bear.get("form", "reference"),
                                                   bear["short_sets"])
     return out
+
+
+def _fill_defaults(data: dict, defaults: dict) -> None:
+    """Add, in place, the keys of `defaults` that `data` lacks (recursively; values `data` has stay)."""
+    for key, value in defaults.items():
+        if key not in data:
+            data[key] = value
+        elif isinstance(value, dict) and isinstance(data[key], dict):
+            _fill_defaults(data[key], value)
 
 
 def identity(data: dict) -> dict:

@@ -122,8 +122,17 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
     if evaluation == "eval-test" and igd is not None:  # the run decodes with IGD's rule itself
         suffix = f" [igd-a{igd:g}]"
     label = method_label(cfg) + suffix
+    metrics = json.loads(metrics_path.read_text())
+    settings = run_settings(cfg)
+    for key in DECODE_RECORDED:  # what this evaluation decoded with (another folder: not the config's)
+        if key in metrics and f"decode.{key}" in settings:
+            settings[f"decode.{key}"] = json.dumps(metrics[key])
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
-            "settings": run_settings(cfg), "metrics": json.loads(metrics_path.read_text())["item"], "ranks": ranks}
+            "settings": settings, "metrics": metrics["item"], "ranks": ranks}
+
+
+# the decode settings an evaluation's metrics.json records (`bearrec.evaluation.metrics_of`)
+DECODE_RECORDED = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha", "preset")
 
 
 # reference rows (`bearrec.references`, the runs' ref-<name>/ folders): the row label and whether the

@@ -198,3 +198,26 @@ def test_a_run_that_decodes_with_igds_rule_says_so_in_its_label(tmp_path, capsys
     assert main(["compare", str(plain), str(whole)]) == 0
     out = capsys.readouterr().out
     assert "| igd-tuning (1 seed) |" in out and "| igd-tuning [igd-a0.2] (1 seed) |" in out
+
+
+def test_a_run_from_before_a_setting_existed_is_the_same_row(tmp_path):
+    """A config.yaml written before decode.igd_alpha / decode.preset / loss.rosepo existed lacks
+    them; their defaults are the old behaviour, so the run is labelled like today's runs (no
+    `igd_alpha=unset` against `igd_alpha=None`), and an evaluation in another folder reports the
+    decode settings that evaluation used."""
+    from bearrec.report import load_run
+
+    old = make_run(tmp_path, "old", "msl", 0, [0, None])
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    del cfg["decode"]["igd_alpha"], cfg["decode"]["preset"], cfg["loss"]["rosepo"]
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    new = make_run(tmp_path, "new", "msl", 1, [1, None])
+    assert load_run(old)["settings"] == load_run(new)["settings"]
+    result = compare([str(old), str(new)])
+    assert {m for (m, _, _) in result["cells"]} == {"msl"}
+    (new / "eval-test-x").mkdir()
+    (new / "eval-test-x" / "metrics.json").write_text(json.dumps(
+        {"item": {"NDCG@10": 0.1}, "length_penalty": 0.0, "igd_alpha": 0.2, "preset": "igd"}))
+    settings = load_run(new, "eval-test-x")["settings"]
+    assert (settings["decode.length_penalty"], settings["decode.igd_alpha"], settings["decode.preset"]) == \
+        ("0.0", "0.2", '"igd"')
