@@ -19,11 +19,11 @@ ls "$BEARREC_DATA_DIR/Office" > /dev/null || exit 1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
 ROOT=/tmp/sm
 timeout ${BUDGET_S:-460} python3 benchmarks/reproduce.py --backbone smollm2 --datasets office --methods sft,msl,bear \
-    --bear-grid 1:1 --seeds 0,1 --jobs 3 --root "$ROOT" --pruning-users 0 > "$OUT/reproduce.log" 2>&1
+    --bear-grid 1:1 --seeds ${SEEDS:-0,1} --jobs 3 --root "$ROOT" --pruning-users 0 > "$OUT/reproduce.log" 2>&1
 echo "reproduce: rc $? after ${SECONDS}s"; grep -E "^\||RESULT|error" "$OUT/reproduce.log" | tail -20
 for run in "$ROOT"/office/*/seed=*; do
   [ -f "$run/metrics.json" ] || continue
-  timeout 40 python3 -m bearrec evaluate --model "$run" --split test --no-constrained-softmax --out "$run/eval-vocab" \
+  timeout ${VOCAB_S:-90} python3 -m bearrec evaluate --model "$run" --split test --no-constrained-softmax --out "$run/eval-vocab" \
       > "$run/eval-vocab.log" 2>&1 &
 done
 wait
