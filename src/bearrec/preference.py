@@ -51,7 +51,8 @@ def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed:
     - "self": the starting model's best-scoring title other than the target's, from a constrained
       beam search with B = 2 over the example's prompt (the greedy title where that is wrong);
     - "popular": a title trained on, drawn with probability proportional to its count among the
-      examples' targets (seeded per example), never the target's title."""
+      examples' targets (seeded per example), never the target's title nor a title an earlier
+      strategy chose for the example (so the negatives are distinct)."""
     from bearrec.decoding import beam_search
 
     catalogue, trie = encoder.catalogue, encoder.trie
@@ -77,12 +78,13 @@ def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed:
             for r, t in zip(rows, titles):
                 counts[t] = counts.get(t, 0) + 1
                 first_item.setdefault(t, r.target)
-            if len(counts) < 2:
-                raise BearrecError("rosepo: a popular negative needs at least two distinct training titles")
+            if len(counts) < 3:
+                raise BearrecError("rosepo: a popular negative needs at least three distinct training titles")
             names = sorted(counts)
             for i, t in enumerate(titles):
                 rng = random.Random(f"{seed}-popular-{i}")
-                others = [n for n in names if n != t]
+                taken = {t, *(catalogue.title(item) for item in out[i])}  # the target, and "self"'s title
+                others = [n for n in names if n not in taken]
                 out[i].append(first_item[rng.choices(others, weights=[counts[n] for n in others])[0]])
         else:
             raise BearrecError(f"rosepo: unknown negative strategy {strategy!r}")

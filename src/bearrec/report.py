@@ -127,12 +127,14 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
     for key in DECODE_RECORDED:  # what this evaluation decoded with (another folder: not the config's)
         if key in metrics and f"decode.{key}" in settings:
             settings[f"decode.{key}"] = json.dumps(metrics[key])
+    if evaluation != "eval-test":  # a preset is a recipe: its effect is in the values above (older folders
+        settings.pop("decode.preset", None)  # do not record it, and the config's would be wrong there)
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "settings": settings, "metrics": metrics["item"], "ranks": ranks}
 
 
 # the decode settings an evaluation's metrics.json records (`bearrec.evaluation.metrics_of`)
-DECODE_RECORDED = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha", "preset")
+DECODE_RECORDED = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha")
 
 
 # reference rows (`bearrec.references`, the runs' ref-<name>/ folders): the row label and whether the

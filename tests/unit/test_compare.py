@@ -219,5 +219,12 @@ def test_a_run_from_before_a_setting_existed_is_the_same_row(tmp_path):
     (new / "eval-test-x" / "metrics.json").write_text(json.dumps(
         {"item": {"NDCG@10": 0.1}, "length_penalty": 0.0, "igd_alpha": 0.2, "preset": "igd"}))
     settings = load_run(new, "eval-test-x")["settings"]
-    assert (settings["decode.length_penalty"], settings["decode.igd_alpha"], settings["decode.preset"]) == \
-        ("0.0", "0.2", '"igd"')
+    assert (settings["decode.length_penalty"], settings["decode.igd_alpha"]) == ("0.0", "0.2")
+    assert "decode.preset" not in settings  # its effect is in the recorded values
+    # an older folder of the same decoding (no preset / igd_alpha recorded) stays one row with a new one
+    for run, record in ((old, {"length_penalty": 0.0}), (new, {"length_penalty": 0.0, "igd_alpha": None,
+                                                               "preset": "d3"})):
+        (run / "eval-test-d3").mkdir()
+        (run / "eval-test-d3" / "metrics.json").write_text(json.dumps({"item": {"NDCG@10": 0.1}, **record}))
+    result = compare([str(old), str(new)], evaluations=("eval-test-d3",))
+    assert {m for (m, _, _) in result["cells"]} == {"msl [d3]"}
