@@ -82,8 +82,8 @@ def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: 
             renormalize_logits=constrained_softmax and token_weights is None, output_scores=True, output_logits=True,
             return_dict_in_generate=True, pad_token_id=pad_token_id, eos_token_id=eos, top_k=None, top_p=None,
             temperature=None, repetition_penalty=1.0,
-            logits_processor=LogitsProcessorList([IgdScaling(trie, token_weights, start, constrained_softmax)] if token_weights is not None
-                                                 else []))
+            logits_processor=LogitsProcessorList(
+                [] if token_weights is None else [IgdScaling(trie, token_weights, start, constrained_softmax)]))
         if num_beams == 1:  # generate() runs greedy search: no sequences_scores, score it here
             scores = [_greedy_score(out, start, dict_trie, constrained_softmax, length_penalty)]
         else:

@@ -2,10 +2,11 @@
 
 Each example becomes a group: the prompt with the positive title, then with N negatives sampled
 uniformly from the catalogue (seeded per example by `loss.pref.negatives_seed`, never an item whose
-title equals the target's; `dpo` takes one), or chosen by RosePO's strategies (`rosepo_negatives`). Reference log-probabilities (the starting model's
-sequence log-probs of every group member) are computed once before training and cached in
-`RUN/reference_logps.pt`, so training holds one model and a resumed run reuses the starting model's
-values rather than recomputing them with trained weights.
+title equals the target's; `dpo` takes one), or chosen by RosePO's strategies (`rosepo_negatives`).
+Reference log-probabilities (the starting model's sequence log-probs of every group member) are
+computed once before training and cached in `RUN/reference_logps.pt`, so training holds one model
+and a resumed run reuses the starting model's values rather than recomputing them with trained
+weights.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,10 +75,9 @@ def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed:
                     out[i].append(trie.items_at(wrong[0])[0])
             model.train(was_training)
         elif strategy == "popular":
-            counts: dict[str, int] = {}
-            first_item: dict[str, int] = {}
+            counts = Counter(titles)
+            first_item: dict[str, int] = {}  # each title's item: its first row's target
             for r, t in zip(rows, titles):
-                counts[t] = counts.get(t, 0) + 1
                 first_item.setdefault(t, r.target)
             if len(counts) < 3:
                 raise BearrecError("rosepo: a popular negative needs at least three distinct training titles")
