@@ -46,13 +46,15 @@ OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=
             "dpo": ["loss.name=dpo", *PREF], "sdpo": ["loss.name=sdpo", *PREF],
             "sdpo_bear": ["loss.name=sdpo_bear", "loss.bear.lam=1", "loss.bear.xi=1", *PREF],
             "rosepo": ["loss.name=rosepo", *PREF],
+            # SPRec: its own iterations of one SFT and one DPO epoch, at the preference methods' lr and decoding
+            "sprec": ["loss.name=sprec", *PREF],
             # issue 16: trained like sft, decoded like sft (BASELINES.md's protocol), except IGD, which
             # brings its own decoding rule (alpha 0.2: the middle of the authors' typical 0.1-0.2..0.4, untuned)
             "cft": ["loss.name=cft", "decode.constrained_softmax=false"],
             "d2lr": ["loss.name=d2lr", "decode.constrained_softmax=false"],
             "igd": ["loss.name=igd", "decode.preset=igd", "decode.igd_alpha=0.2", "decode.constrained_softmax=false",
                     "decode.length_penalty=0"]}
-FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs)  # start from sft
+FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs or m.from_sft)
 
 
 def method_overrides(bear_grid: list[tuple[str, str]], optional: bool = False) -> dict[str, list[str]]:
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                    type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
                    help="lambda:xi candidates for bear (reference form), chosen on validation")
     p.add_argument("--methods", type=lambda s: s.split(","), help="sft,msl,bear,violators (the default) and/or "
-                   "beam_sim,dpo,sdpo,sdpo_bear (these three start from the seed's sft run, which must be "
-                   "among them or finished); bear means every --bear-grid candidate")
+                   "beam_sim,dpo,sdpo,sdpo_bear,rosepo,sprec,cft,d2lr,igd (" + ",".join(FROM_SFT) + " start from the "
+                   "seed's sft run, which must be among them or finished); bear means every --bear-grid candidate")
     p.add_argument("--choose-on-seed", type=int, help="run the bear candidates on this seed only, then the one "
                    "chosen on its validation NDCG@10 on the other seeds (default: every candidate on every seed)")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")

@@ -102,7 +102,7 @@ def _plot_curve(selection: dict, path: Path) -> None:
     epochs = sorted(selection["epochs"], key=lambda e: e["epoch"])
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([e["epoch"] for e in epochs], [e[key] for e in epochs], marker="o")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(selection.get("unit", "epoch"))
     ax.set_ylabel(key)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -113,9 +113,10 @@ def _choice_sentence(sel: dict) -> str:
     c = sel.get("choice")
     if not c:
         return "Chosen by the largest validation NDCG."
-    text = f"Rule `{c['rule']}`: epoch {c['epoch']} (best mean: epoch {c['best_by_mean']})."
+    unit = sel.get("unit", "epoch")
+    text = f"Rule `{c['rule']}`: {unit} {c['epoch']} (best mean: {unit} {c['best_by_mean']})."
     if c["nearest"] is not None:
-        text += (f" Nearest other epoch {c['nearest']}: {c['gap']:+.4f} (paired SE {c['gap_se']:.4f})"
+        text += (f" Nearest other {unit} {c['nearest']}: {c['gap']:+.4f} (paired SE {c['gap_se']:.4f})"
                  + (", within noise." if c["within_noise"] else ", outside one SE."))
     if c.get("few_valid_hits"):
         text += f" Only {sel['best'].get('hits')} validation hits (< {c['min_valid_hits']}): validate on more users."
@@ -145,7 +146,8 @@ def _markdown(s: dict, run_dir: Path) -> str:
     sel = s["selection"]
     if sel and sel["epochs"]:
         key = next(k for k in sel["epochs"][0] if k.startswith("valid_ndcg"))
-        lines += [f"## Validation (epoch chosen: {sel['best']['epoch']})", "", f"| epoch | {key} | hits | users |",
+        unit = sel.get("unit", "epoch")  # sprec chooses among its iterations
+        lines += [f"## Validation ({unit} chosen: {sel['best']['epoch']})", "", f"| {unit} | {key} | hits | users |",
                   "|---|---|---|---|"]
         lines += [f"| {e['epoch']} | {e[key]:.4f} | {e.get('hits', '')} | {e.get('users', '')} |"
                   for e in sorted(sel["epochs"], key=lambda e: e["epoch"])]
@@ -158,6 +160,8 @@ def _markdown(s: dict, run_dir: Path) -> str:
     if s["training"]:
         t = s["training"]
         speed = (f"{t['seconds_per_epoch']:.1f} s per epoch" if t.get("seconds_per_epoch") is not None
+                 else f"{t['seconds_per_iteration']:.1f} s per iteration of {t['iterations']} (negatives decoded, "
+                      f"an SFT and a DPO epoch)" if t.get("seconds_per_iteration") is not None
                  else "no epoch trained in the last process")
         if t["resumed"]:
             speed += f" (resumed: the {t.get('epochs_this_process', 0):g} epoch(s) after the checkpoint)"

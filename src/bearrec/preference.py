@@ -47,6 +47,22 @@ def sample_negatives(targets: list[int], encoder: Encoder, num_negatives: int, s
     return out
 
 
+def constrained_decode(model, encoder: Encoder, rows, num_beams: int, batch_size: int, desc: str) -> list:
+    """The model's `num_beams` best titles (`bearrec.decoding.Ranked`) for each row's history: the
+    trie-constrained beam search in batches, in eval mode, without autocast."""
+    from bearrec.decoding import beam_search
+
+    was_training = model.training
+    model.eval()
+    prompts = [encoder.prompt_ids(r.history) for r in rows]
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+        out += beam_search(model, encoder.trie, prompts[start:start + batch_size], num_beams,
+                           pad_token_id=encoder.tokenizer.pad_token_id or 0)
+    model.train(was_training)
+    return out
+
+
 def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed: int,
                      batch_size: int = 32) -> list[list[int]]:
     """One item id per strategy per example (RosePO's negatives, as reconstructed):
@@ -55,25 +71,17 @@ def rosepo_negatives(model, encoder: Encoder, rows, strategies: list[str], seed:
     - "popular": a title trained on, drawn with probability proportional to its count among the
       examples' targets (seeded per example), never the target's title nor a title an earlier
       strategy chose for the example (so the negatives are distinct)."""
-    from bearrec.decoding import beam_search
-
     catalogue, trie = encoder.catalogue, encoder.trie
     titles = [catalogue.title(r.target) for r in rows]
     out: list[list[int]] = [[] for _ in rows]
     for strategy in strategies:
         if strategy == "self":
-            was_training = model.training
-            model.eval()
-            prompts = [encoder.prompt_ids(r.history) for r in rows]
-            for start in tqdm(range(0, len(rows), batch_size), desc="rosepo self negatives", unit="batch"):
-                ranked = beam_search(model, trie, prompts[start:start + batch_size], 2,
-                                     pad_token_id=encoder.tokenizer.pad_token_id or 0)
-                for i, r in enumerate(ranked, start):
-                    wrong = [n for n in r.nodes if catalogue.title(trie.items_at(n)[0]) != titles[i]]
-                    if not wrong:
-                        raise BearrecError(f"rosepo: no title other than the target's came back for training row {i}")
-                    out[i].append(trie.items_at(wrong[0])[0])
-            model.train(was_training)
+            ranked = constrained_decode(model, encoder, rows, 2, batch_size, "rosepo self negatives")
+            for i, r in enumerate(ranked):
+                wrong = [n for n in r.nodes if catalogue.title(trie.items_at(n)[0]) != titles[i]]
+                if not wrong:
+                    raise BearrecError(f"rosepo: no title other than the target's came back for training row {i}")
+                out[i].append(trie.items_at(wrong[0])[0])
         elif strategy == "popular":
             counts = Counter(titles)
             first_item: dict[str, int] = {}  # each title's item: its first row's target

@@ -29,7 +29,8 @@ LOCK = ".bearrec.lock"
 # what bearrec writes into a run directory (`--force` removes these and nothing else)
 OWNED = ("run.json", "config.yaml", "checkpoints", "model", "selection.json", "train_metrics.json", "metrics.json",
          "report.md", "valid_curve.png", "reference_logps.pt")
-OWNED_PREFIXES = ("eval-", "pruning-", ".model.", ".eval-")  # the dotted ones: temporary folders of a killed write
+# iter-N: sprec's iterations; the dotted ones: temporary folders of a killed write
+OWNED_PREFIXES = ("eval-", "pruning-", ".model.", ".eval-", "iter-")
 _held: dict[Path, int] = {}  # run directories this process holds -> nesting depth
 
 

@@ -303,6 +303,20 @@ class RoseConfig(Section):
 
 
 @dataclass
+class SprecConfig(Section):
+    """sprec (`bearrec.methods.sprec`): SPRec's self-play iterations (Gao et al., WWW 2025) from an
+    SFT start; each iteration samples rows, decodes their negatives with the iteration's starting
+    model, then trains one SFT epoch and one DPO epoch at train.learning_rate (authors: 2e-5 both)."""
+
+    PATH: ClassVar[str] = "loss.sprec"
+    iterations: int = setting(5, min=1, help="self-play iterations (the authors' example: 5); the one with the best "
+                                             "validation NDCG is kept (train.selection_rule)")
+    rows_per_iteration: int = setting(2048, min=1, help="training rows sampled afresh each iteration (authors: 2,048; "
+                                                        "all rows when fewer)")
+    beta: float = setting(0.1, above=0.0, help="DPO's beta in the DPO step (authors: 0.1)")
+
+
+@dataclass
 class LossConfig(Section):
     PATH: ClassVar[str] = "loss"
     name: str = "bear"  # a method of bearrec.methods: sft | msl | bear | beam_sim | dpo | sdpo | sdpo_bear
@@ -314,6 +328,7 @@ class LossConfig(Section):
     d2lr: D2lrConfig = field(default_factory=D2lrConfig)
     igd: IgdConfig = field(default_factory=IgdConfig)
     rosepo: RoseConfig = field(default_factory=RoseConfig)
+    sprec: SprecConfig = field(default_factory=SprecConfig)
 
     def check_more(self) -> None:
         from bearrec import methods  # the registry names the methods and holds each one's own checks

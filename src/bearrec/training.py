@@ -270,13 +270,20 @@ def build_encoder_and_model(cfg: Config, dataset):
     return build_encoder(cfg.prompt, dataset, tokenizer, model), model
 
 
-def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
+def train(cfg: Config, resume: bool = False, force: bool = False, rows: list | None = None,
+          negatives: list[list[int]] | None = None, validate: bool = True) -> Path:
     """Fine-tune into `cfg.output_dir`. `resume`: continue from the newest complete checkpoint (a
     directory without one starts afresh); without it a directory that already holds results of this
-    config is refused. `force`: delete what bearrec wrote there first (`bearrec.rundir`)."""
+    config is refused. `force`: delete what bearrec wrote there first (`bearrec.rundir`).
+    A method trained in stages (`Method.stages`: sprec) runs them instead. For those stages:
+    `rows` replaces the config's training rows, `negatives` the preference negatives (item ids per
+    row), and `validate=False` skips the per-epoch validation (the last epoch is exported)."""
     from bearrec.data import load_dataset
 
     check_config(cfg)
+    method = methods.get(cfg.loss.name)
+    if method.stages is not None:
+        return method.stages(cfg, resume=resume, force=force)
     run_dir = Path(cfg.output_dir)
     dataset = load_dataset(cfg.data)  # data errors before any model is loaded
     state = distributed_state()
@@ -295,7 +302,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
 
             state.wait_for_everyone()
             broadcast_object_list(found)
-        result = _train(cfg, run_dir, dataset, found[0])
+        result = _train(cfg, run_dir, dataset, found[0], rows, negatives, validate)
         if state.is_main_process:
             mark(run_dir, "train")
         return result
@@ -329,21 +336,22 @@ def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingAr
         **overrides})
 
 
-def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path:
+def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=None, negatives=None,
+           validate: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     encoder, model = build_encoder_and_model(cfg, dataset)
-    train_rows = training_rows(dataset, cfg.train.max_train_examples)
+    train_rows = training_rows(dataset, cfg.train.max_train_examples) if rows is None else rows
     train_set = TrainingSet(encoder.encode_all(train_rows), encoder)
     collator, counts = needs.prepare(methods.get(cfg.loss.name), encoder, train_rows,
                                      Collator(encoder.tokenizer.pad_token_id))
     if "preference" in methods.get(cfg.loss.name).needs:
-        train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator)
+        train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator, negatives)
     prepare_for_training(model, cfg)  # after the reference log-probs: those stay as they were computed
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
     args = training_arguments(cfg, run_dir / "checkpoints")
-    selection = EpochSelection(run_dir, encoder, cfg, dataset, valid_idx) if dataset.valid else None
+    selection = EpochSelection(run_dir, encoder, cfg, dataset, valid_idx) if dataset.valid and validate else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,
                           callbacks=[DivergenceGuard(), *([selection] if selection else [])])
@@ -396,14 +404,21 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None) -> Path
     return run_dir
 
 
-def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator):
-    """Preference methods: negatives per example and the starting model's reference log-probs."""
+def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator,
+                     negatives=None):
+    """Preference methods: negatives per example (given, the method's own choice, or uniform samples)
+    and the starting model's reference log-probs."""
     from bearrec.preference import PreferenceCollator, PreferenceSet, reference_log_probs, sample_negatives
 
     pref, method = cfg.loss.pref, methods.get(cfg.loss.name)
     n = method.num_negatives(cfg.loss)
     model.to(distributed_state().device)
-    if method.negatives is not None:  # the method's own choice (rosepo: the starting model's decode, popularity)
+    chosen = negatives is not None or method.negatives is not None
+    if negatives is not None:  # given (sprec: decoded by the iteration's starting model)
+        if len(negatives) != len(train_rows) or any(len(g) != n for g in negatives):
+            raise BearrecError(f"{run_dir}: {len(negatives)} negative groups given for {len(train_rows)} rows, "
+                               f"{n} each expected")
+    elif method.negatives is not None:  # the method's own choice (rosepo: the starting model's decode, popularity)
         negatives = method.negatives(cfg, model, encoder, train_rows)
     else:
         negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
@@ -411,7 +426,7 @@ def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_
     collator = PreferenceCollator(collator)
     key = {"model": cfg.model.name_or_path, "data": to_dict(cfg.data), "n": n, "seed": pref.negatives_seed,
            "examples": len(train_rows), "max_train_examples": cfg.train.max_train_examples}
-    if method.negatives is not None:  # a cache of other negatives is not these groups' reference
+    if chosen:  # a cache of other negatives is not these groups' reference
         key["negatives"] = hashlib.sha1(json.dumps(negatives).encode()).hexdigest()
     data.reference = reference_log_probs(model, data, collator, run_dir / "reference_logps.pt", key,
                                          batch_size=cfg.train.batch_size)

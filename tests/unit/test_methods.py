@@ -15,9 +15,9 @@ SRC = Path(methods.__file__).resolve().parents[1]
 
 def test_every_method_is_registered_with_valid_declarations():
     assert set(methods.NAMES) == {"sft", "msl", "bear", "beam_sim", "dpo", "sdpo", "sdpo_bear", "sasrec", "cft", "d2lr",
-                                  "igd", "rosepo"}
+                                  "igd", "rosepo", "sprec"}
     for m in methods.REGISTRY.values():
-        assert set(m.sections) <= {"tau", "bear", "pref", "sasrec", "cft", "d2lr", "igd", "rosepo"}
+        assert set(m.sections) <= {"tau", "bear", "pref", "sasrec", "cft", "d2lr", "igd", "rosepo", "sprec"}
         assert set(m.needs) <= set(methods.NEEDS)
         assert m.summary and callable(m.parts)
         assert ("preference" in m.needs) == (m.num_negatives is not None)

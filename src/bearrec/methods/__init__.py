@@ -63,6 +63,10 @@ class Method:
     short_sets_auto: Callable[[str], str] = lambda form: "trivial"  # `loss.bear.short_sets: auto` by form
     # not a fine-tuning loss (a conventional reference): trains itself into a run directory, cfg -> None
     train: Callable[[object], None] | None = None
+    # trained in stages rather than by one loss (sprec): (cfg, resume=, force=) -> run directory, in place
+    # of `bearrec.training.train`; the run then goes on as any LLM run (pruning, references, report)
+    stages: Callable[..., object] | None = None
+    from_sft: bool = False  # starts from an SFT run's model (besides the "preference" methods)
 
     def row_label(self, loss: dict) -> str:
         return self.label(loss) if self.label else self.name
