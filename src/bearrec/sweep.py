@@ -86,8 +86,10 @@ def sweep(config_path: str | None, grid_specs: list[str], overrides: list[str] =
 
 def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int) -> None:
     """`bearrec COMMAND...` in child processes, `jobs` at a time, each logging to OUT/run.log; CPU
-    threads are split between them. A failed run does not stop the others; this fails at the end."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    threads are split between them (OMP_NUM_THREADS, when set, is each child's count instead: several
+    sweeps can share a machine). A failed run does not stop the others; this fails at the end."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
     pending, active, failed = list(zip(commands, outs)), [], []
     while pending or active:
         while pending and len(active) < jobs:

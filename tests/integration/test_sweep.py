@@ -85,3 +85,31 @@ def test_failed_child_run_is_reported(tmp_path, capsys):
     assert "1 run(s) failed" in err and "seed=1" in err
     assert "another config" in (root / "seed=1" / "run.log").read_text()
     assert (root / "seed=0" / "metrics.json").exists()  # the other run finished
+
+
+@pytest.mark.parametrize("given, jobs, expected", [(None, 2, "cpu/2"), ("1", 2, "1"), ("3", 1, "3")])
+def test_child_runs_get_the_threads_the_user_set_or_a_share_of_the_cpus(tmp_path, monkeypatch, given, jobs, expected):
+    import os
+    import subprocess
+
+    from bearrec import sweep
+
+    seen = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd, env, **kwargs):
+            seen.append(env["OMP_NUM_THREADS"])
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    sweep.run_parallel([["run"], ["run"]], [tmp_path / "a", tmp_path / "b"], jobs)
+    assert seen == [str(8 // jobs) if expected == "cpu/2" else expected] * 2
