@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS[args.backbone])}")
     if not args.report_only:
         for phase in (1, "chosen", 2):
+            if phase == "chosen" and (args.choose_on_seed is None or (args.methods and "bear" not in args.methods)):
+                continue  # no bear choice to make
             runs = chosen_plan(args) if phase == "chosen" else plan(args, phase)
             try:
                 run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)

@@ -68,15 +68,26 @@ def inference_flags(p, several: bool = False):
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
+# What `--decoding P` resets to its default where P does not set it and no flag gives it: a run decoded
+# with d3 or igd then keeps none of that under `--decoding hf`. constrained_softmax stays the run's own
+# (the method's decoding: sft's full softmax, msl's valid-token one).
+PRESET_RESETS = ("length_penalty", "igd_alpha")
+PRESET_KEEPS = {"igd": ("igd_alpha",)}  # the run's alpha, unless --igd-alpha gives one
+
+
 def inference_setup(args, check=None):
     """(config, dataset, recommender) for --model DIR_OR_RUN (`bearrec.runs.load_run`) with the
     decoding and data flags as overrides. `check(cfg, dataset)` runs before the model is loaded."""
     from bearrec.runs import load_run
 
     overrides = overrides_of(args)
-    for key, value in PRESETS.get(getattr(args, "decoding", None), {}).items():  # a preset sets its values
-        if getattr(args, key, None) is None:
-            overrides.append(f"decode.{key}={value}")
+    decoding = getattr(args, "decoding", None)
+    if decoding in PRESETS:  # a preset sets its values, and resets what another preset sets that it does not
+        values = {**{k: declared(f"decode.{k}")[1] for k in PRESET_RESETS if k not in PRESET_KEEPS.get(decoding, ())},
+                  **PRESETS[decoding]}
+        for key, value in values.items():
+            if getattr(args, key, None) is None:
+                overrides.append(f"decode.{key}={'null' if value is None else value}")
     loaded = load_run(args.model, args.config, overrides, check)
     return loaded.cfg, loaded.dataset, loaded.recommender
 

@@ -208,3 +208,23 @@ def test_igd_decoding_preset_reads_the_runs_training_targets(run_dir, capsys):
     assert "decode.preset igd needs decode.igd_alpha" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--igd-alpha", "-0.1"]) == 2
     assert "decode.igd_alpha must be >= 0" in capsys.readouterr().err
+
+
+def test_another_decoding_preset_resets_what_the_runs_preset_set(tmp_path, capsys):
+    """A run decoded with IGD's rule (preset igd: alpha, no length normalisation): `--decoding hf`
+    decodes it without IGD's weights and with HF's length penalty 1, `--decoding d3` with length
+    penalty 0 and no weights; the run's own softmax (full, here) stays; a flag still wins."""
+    run = write_tiny_run(tmp_path, {"num_beams": 3, "batch_size": 2, "preset": "igd", "igd_alpha": 0.3,
+                                    "constrained_softmax": False, "length_penalty": 0.0})
+    expected = {"hf": (None, 1.0, "hf"), "d3": (None, 0.0, "d3"), "igd": (0.3, 0.0, "igd")}
+    for decoding, (alpha, lp, preset) in expected.items():
+        assert main(["evaluate", "--model", str(run), "--decoding", decoding, "--out", str(tmp_path / decoding)]) == 0
+        m = json.loads((tmp_path / decoding / "metrics.json").read_text())
+        assert (m["igd_alpha"], m["length_penalty"], m["preset"], m["constrained_softmax"]) == (alpha, lp, preset, False)
+    assert main(["evaluate", "--model", str(run), "--decoding", "hf", "--length-penalty", "0.5",
+                 "--out", str(tmp_path / "flag")]) == 0
+    assert json.loads((tmp_path / "flag" / "metrics.json").read_text())["length_penalty"] == 0.5
+    hf = [json.loads(x)["scores"] for x in (tmp_path / "hf" / "predictions.jsonl").read_text().splitlines()]
+    igd = [json.loads(x)["scores"] for x in (tmp_path / "igd" / "predictions.jsonl").read_text().splitlines()]
+    assert hf != igd
+    capsys.readouterr()
