@@ -24,7 +24,7 @@ from pathlib import Path
 from bearrec import methods
 from bearrec.analysis import plot_pruning
 from bearrec.errors import BearrecError
-from bearrec.report import compare, to_csv, to_markdown
+from bearrec.report import compare, label_runs, load_run, to_csv, to_markdown
 from bearrec.sweep import run_parallel
 
 CONFIGS = {"tiny": {"office": "configs/office-tiny.yaml", "book": "configs/book-tiny.yaml",
@@ -154,6 +154,17 @@ def plot_seeds(values: dict[str, list[float]], path: Path, dataset: str) -> None
     plt.close(fig)
 
 
+def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tuple[str, str]]:
+    """Row-label pairs: every other method - msl, and every method but msl - the chosen bear."""
+    loaded = [load_run(r) for v in compared.values() for r in v]
+    label_runs(loaded)
+    label = {name: next(x["method"] for x in loaded if x["dir"] == str(members[0]))
+             for name, members in compared.items()}
+    pairs = [(label[n], label["msl"]) for n in compared if n != "msl" and "msl" in compared]
+    pairs += [(label[n], label[chosen]) for n in compared if n not in ("msl", chosen) and chosen in compared]
+    return pairs
+
+
 def report(args) -> dict:
     root = Path(args.root)
     summary, lines = {}, ["# Reproduction summary", "", f"Root: `{root}`", ""]
@@ -167,14 +178,15 @@ def report(args) -> dict:
         selection = select_candidate(candidates)
         chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
         compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
-        pairs = [(a, "msl") for a in ("bear", "sft") if (a if a != "bear" else chosen) in compared and "msl" in compared]
-        table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap, pairs=pairs)
+        table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap,
+                        pairs=anchor_pairs(compared, chosen))
         (root / dataset).mkdir(parents=True, exist_ok=True)
         (root / dataset / "table.md").write_text(to_markdown(table))
         (root / dataset / "table.csv").write_text(to_csv(table))
         details, pruning = {}, {}
         for name, members in compared.items():
-            timing = [_metrics(r)["training"]["seconds_per_epoch"] for r in members if _metrics(r).get("training")]
+            timing = [_metrics(r)["training"]["seconds_per_epoch"] for r in members
+                      if (_metrics(r).get("training") or {}).get("seconds_per_epoch") is not None]  # sprec: none
             epochs = [((_metrics(r).get("selection") or {}).get("best") or {}).get("epoch") for r in members]
             choices = [(_metrics(r).get("selection") or {}).get("choice") or {} for r in members]
             details[name] = {"seeds": [int(r.name.split("=")[1]) for r in members],
@@ -219,7 +231,7 @@ def report(args) -> dict:
                 r = p.get(f"PR@{k}")
                 return "n/a" if not r or r["rate"] is None else f"{r['rate']:.3f} ({r['eligible']})"
             share = (p.get("PR@10") or {}).get("violation_share")
-            lines.append(f"| {name} | {len(d['seeds'])} | {d['seconds_per_epoch'] or 0:.1f} | {d['chosen_epochs']} | "
+            lines.append(f"| {name} | {len(d['seeds'])} | {'n/a' if d['seconds_per_epoch'] is None else f"{d['seconds_per_epoch']:.1f}"} | {d['chosen_epochs']} | "
                          f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
         lines += ["", *seeds_table, ""]
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

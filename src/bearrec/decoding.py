@@ -95,6 +95,8 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
     if token_weights is not None and token_weights.shape != (trie.num_nodes,):
         raise ValueError(f"token_weights must hold one weight per trie node ({trie.num_nodes}), "
                          f"got shape {tuple(token_weights.shape)}")
+    if token_weights is not None:  # callers build them on the host; the scores live on the model's device
+        token_weights = token_weights.to(next(model.parameters()).device)
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
         return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats,
