@@ -4,13 +4,17 @@ bear chosen on validation only.
 
     python benchmarks/reproduce.py --datasets office,book --seeds 0,1,2,3,4 --jobs 12 --root runs/repro
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
+    # the paper's Table 2 (nine fine-tuning methods and BEAR; D3 is the sft runs decoded with D3's rule):
+    python benchmarks/reproduce.py --datasets movielens-1m,office --seeds 0,1,2,3,4 --choose-on-seed 0 \
+        --methods sft,msl,bear,d3,cft,d2lr,igd,sdpo,rosepo,sprec --root runs/table2 --pruning-users 0
 
 Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml, or with --backbone smollm2 the
 SmolLM2-135M + LoRA configs, plus the method's overrides), `--jobs` at a time in child processes; a
 run that failed or was cut off is left out of the tables and named. The pruning analysis (PR@K,
 violation share) runs for the seed given by --pruning-seed only (on --pruning-users test users,
 default all). Writes ROOT/summary.md, ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and
-ROOT/<dataset>/pruning.png.
+ROOT/<dataset>/pruning.png. Each method's row is paired (NDCG@10, bootstrap CI) with msl and with the
+bear candidate chosen on validation.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=
             "d2lr": ["loss.name=d2lr", "decode.constrained_softmax=false"],
             "igd": ["loss.name=igd", "decode.preset=igd", "decode.igd_alpha=0.2", "decode.constrained_softmax=false",
                     "decode.length_penalty=0"]}
+# decoding-only baselines: the seed's sft run decoded another way, a row of its own (D3: Bao et al. 2024,
+# no length normalisation; `bearrec evaluate --decoding d3` into RUN/eval-test-d3)
+DECODED = {"d3": ("sft", ["--decoding", "d3"], "eval-test-d3")}
 FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs or m.from_sft)
 
 
@@ -87,6 +94,22 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
                 runs.append((["run", "--config", config, *overrides, f"seed={seed}", pruning,
                               f"output_dir={out}", *args.overrides], out))
     return runs
+
+
+def decode_missing(args) -> None:
+    """The DECODED rows asked for in --methods: each finished sft run of --seeds decoded that way
+    (skipped where done)."""
+    from bearrec.cli import main as bearrec
+
+    for name, (base, flags, folder) in DECODED.items():
+        if not args.methods or name not in args.methods:
+            continue
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                run = Path(args.root) / dataset / base / f"seed={seed}"
+                if (run / "metrics.json").exists() and not (run / folder / "metrics.json").exists():
+                    print(f"decoding {run} with {' '.join(flags)}", flush=True)
+                    bearrec(["evaluate", "--model", str(run), *flags, "--out", str(run / folder)])
 
 
 def chosen_plan(args) -> list[tuple[list[str], Path]]:
@@ -156,10 +179,10 @@ def plot_seeds(values: dict[str, list[float]], path: Path, dataset: str) -> None
 
 def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tuple[str, str]]:
     """Row-label pairs: every other method - msl, and every method but msl - the chosen bear."""
-    loaded = [load_run(r) for v in compared.values() for r in v]
-    label_runs(loaded)
-    label = {name: next(x["method"] for x in loaded if x["dir"] == str(members[0]))
-             for name, members in compared.items()}
+    entries = {name: [r if isinstance(r, tuple) else (r, "eval-test") for r in v] for name, v in compared.items()}
+    loaded = {(str(d), e): load_run(d, e) for v in entries.values() for d, e in v}
+    label_runs(list(loaded.values()))
+    label = {name: loaded[(str(v[0][0]), v[0][1])]["method"] for name, v in entries.items()}
     pairs = [(label[n], label["msl"]) for n in compared if n != "msl" and "msl" in compared]
     pairs += [(label[n], label[chosen]) for n in compared if n not in ("msl", chosen) and chosen in compared]
     return pairs
@@ -178,6 +201,9 @@ def report(args) -> dict:
         selection = select_candidate(candidates)
         chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
         compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
+        decoded = {name: [(r, folder) for r in runs.get(base, []) if (r / folder / "metrics.json").exists()]
+                   for name, (base, _, folder) in DECODED.items()}
+        compared.update({k: v for k, v in decoded.items() if v})
         table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap,
                         pairs=anchor_pairs(compared, chosen))
         (root / dataset).mkdir(parents=True, exist_ok=True)
@@ -185,6 +211,8 @@ def report(args) -> dict:
         (root / dataset / "table.csv").write_text(to_csv(table))
         details, pruning = {}, {}
         for name, members in compared.items():
+            if name in DECODED:  # a decoding of the sft runs: its row is in the table above
+                continue
             timing = [_metrics(r)["training"]["seconds_per_epoch"] for r in members
                       if (_metrics(r).get("training") or {}).get("seconds_per_epoch") is not None]  # sprec: none
             epochs = [((_metrics(r).get("selection") or {}).get("best") or {}).get("epoch") for r in members]
@@ -205,7 +233,8 @@ def report(args) -> dict:
                 details[name]["pruning"] = {k: v for k, v in result.items() if k.startswith("PR@")}
                 details[name]["pruning"]["num_users"] = result["num_users"]
                 details[name]["pruning"]["run"] = str(pruned)
-        plot_seeds({k: [_metrics(r)["test"]["item"]["NDCG@10"] for r in v] for k, v in compared.items()},
+        plot_seeds({k: [_metrics(r)["test"]["item"]["NDCG@10"] for r in v] for k, v in compared.items()
+                    if k not in DECODED},
                    root / dataset / "seeds.png", dataset)
         if pruning:
             plot_pruning(pruning, root / dataset / "pruning.png", ks=sorted(
@@ -231,7 +260,8 @@ def report(args) -> dict:
                 r = p.get(f"PR@{k}")
                 return "n/a" if not r or r["rate"] is None else f"{r['rate']:.3f} ({r['eligible']})"
             share = (p.get("PR@10") or {}).get("violation_share")
-            lines.append(f"| {name} | {len(d['seeds'])} | {'n/a' if d['seconds_per_epoch'] is None else f"{d['seconds_per_epoch']:.1f}"} | {d['chosen_epochs']} | "
+            speed = "n/a" if d["seconds_per_epoch"] is None else f"{d['seconds_per_epoch']:.1f}"
+            lines.append(f"| {name} | {len(d['seeds'])} | {speed} | {d['chosen_epochs']} | "
                          f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
         lines += ["", *seeds_table, ""]
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -249,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                    type=lambda s: [tuple(x.split(":")) for x in s.split(",")],
                    help="lambda:xi candidates for bear (reference form), chosen on validation")
     p.add_argument("--methods", type=lambda s: s.split(","), help="sft,msl,bear,violators (the default) and/or "
-                   "beam_sim,dpo,sdpo,sdpo_bear,rosepo,sprec,cft,d2lr,igd (" + ",".join(FROM_SFT) + " start from the "
-                   "seed's sft run, which must be among them or finished); bear means every --bear-grid candidate")
+                   "beam_sim,dpo,sdpo,sdpo_bear,rosepo,sprec,cft,d2lr,igd,d3 (" + ",".join(FROM_SFT) + " start from the "
+                   "seed's sft run, which must be among them or finished; d3 decodes it with D3's rule); bear means "
+                   "every --bear-grid candidate")
     p.add_argument("--choose-on-seed", type=int, help="run the bear candidates on this seed only, then the one "
                    "chosen on its validation NDCG@10 on the other seeds (default: every candidate on every seed)")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
@@ -265,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in args.datasets if d not in CONFIGS[args.backbone]]
     if unknown:
         p.error(f"unknown dataset(s) {unknown}; known: {sorted(CONFIGS[args.backbone])}")
+    known = {*FIXED, *OPTIONAL, *DECODED, "bear"}
+    unknown = [m for m in args.methods or [] if m not in known]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; known: {', '.join(sorted(known))}")
     if not args.report_only:
         for phase in (1, "chosen", 2):
             if phase == "chosen" and (args.choose_on_seed is None or (args.methods and "bear" not in args.methods)):
@@ -274,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
+        decode_missing(args)
     report(args)
     if (Path(args.root) / "summary.md").exists():
         print((Path(args.root) / "summary.md").read_text())

@@ -189,11 +189,13 @@ def compare(run_dirs: list[str | Path], bootstrap_samples: int = 2000, evaluatio
             pairs: list[tuple[str, str]] = (), references: bool = False) -> dict:
     """The table's cells and, per dataset, NDCG@10 differences: best row - best other, and every
     (a, b) of `pairs` (row labels) that has runs on that dataset. `references`: also the rows of
-    the runs' reference points (popularity, zero-shot) on the same test users."""
-    runs = [load_run(d, e) for d in run_dirs for e in evaluations]
+    the runs' reference points (popularity, zero-shot) on the same test users. An entry of `run_dirs`
+    may be a (run directory, evaluation folder) pair: that folder only (e.g. an sft run's eval-test-d3)."""
+    runs = [load_run(*d) if isinstance(d, tuple) else load_run(d, e)
+            for d in run_dirs for e in ((None,) if isinstance(d, tuple) else evaluations)]
     label_runs(runs)
     if references:
-        runs += load_references(run_dirs)
+        runs += load_references([d for d in run_dirs if not isinstance(d, tuple)])
     datasets = sorted({r["dataset"] for r in runs})
     methods = sorted({r["method"] for r in runs})
     for pair in pairs:

@@ -56,3 +56,34 @@ def test_choose_on_seed_runs_candidates_on_one_seed_then_the_chosen_one_elsewher
     assert [str(out.relative_to(tmp_path)) for _, out in chosen] == ["office/bear-lam4-xi0.25/seed=1",
                                                                      "office/bear-lam4-xi0.25/seed=2"]
     assert "loss.bear.lam=4" in chosen[0][0] and "seed=1" in chosen[0][0]
+
+
+def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reproduce, tmp_path, capsys):
+    """Finished tiny runs (sft, msl, one bear candidate; 3 seeds): --methods d3 decodes each sft run
+    with D3's rule into eval-test-d3 (once), and the report's table has its row, paired with msl and
+    with bear like every other method."""
+    from bearrec.cli import main
+    from tests.conftest import write_authors
+    from tests.integration.test_training import TINY
+
+    data = write_authors(tmp_path / "Shop")
+    root = tmp_path / "root"
+    losses = {"sft": ["loss.name=sft", "decode.constrained_softmax=false"], "msl": ["loss.name=msl"],
+              "bear-lam1-xi1": ["loss.name=bear", "loss.bear.lam=1", "loss.bear.xi=1", "loss.bear.num_beams=3"]}
+    for name, overrides in losses.items():
+        for seed in (0, 1, 2):
+            assert main(["run", f"data.name={data}", "data.valid_fraction=0.25", *TINY, "train.epochs=1",
+                         "analysis.pruning_users=0", "analysis.references=[]", "decode.num_beams=10", f"seed={seed}", *overrides,
+                         f"output_dir={root / 'shop' / name / f'seed={seed}'}"]) == 0
+    ns = reproduce.argparse.Namespace(datasets=["shop"], methods=["sft", "msl", "bear", "d3"], seeds=[0, 1, 2],
+                                      root=str(root), bootstrap=200)
+    reproduce.decode_missing(ns)
+    for seed in (0, 1, 2):
+        m = json.loads((root / "shop" / "sft" / f"seed={seed}" / "eval-test-d3" / "metrics.json").read_text())
+        assert (m["preset"], m["length_penalty"], m["constrained_softmax"]) == ("d3", 0.0, False)
+    reproduce.report(ns)
+    capsys.readouterr()
+    text = (root / "summary.md").read_text()
+    assert "| sft [d3] (3 seeds) |" in text
+    for a, b in [("sft [d3]", "msl"), ("sft [d3]", "bear"), ("sft", "msl"), ("sft", "bear"), ("bear", "msl")]:
+        assert f"{data}: NDCG@10 {a} - {b} = " in text, (a, b)
