@@ -154,8 +154,8 @@ def _markdown(s: dict, run_dir: Path) -> str:
         lines += ["", _choice_sentence(sel), "", "![validation curve](valid_curve.png)", ""]
         last = s.get("test_last_epoch")
         if test and last and last.get("epoch") != sel["best"]["epoch"]:
-            lines += [f"The last epoch ({last['epoch']}) on the same test users: NDCG@10 {last['item'].get('NDCG@10', 0):.4f}, "
-                      f"HR@10 {last['item'].get('HR@10', 0):.4f} (chosen epoch {sel['best']['epoch']}: NDCG@10 "
+            lines += [f"The last {unit} ({last['epoch']}) on the same test users: NDCG@10 {last['item'].get('NDCG@10', 0):.4f}, "
+                      f"HR@10 {last['item'].get('HR@10', 0):.4f} (chosen {unit} {sel['best']['epoch']}: NDCG@10 "
                       f"{test['item'].get('NDCG@10', 0):.4f}).", ""]
     if s["training"]:
         t = s["training"]

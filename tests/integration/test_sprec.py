@@ -127,6 +127,7 @@ def test_the_iteration_is_chosen_on_validation_and_exported(sprec_run):
     assert test["selected"]["iteration"] == chosen and test["num_users"] == 2
     report = (out / "report.md").read_text()
     assert f"## Validation (iteration chosen: {chosen})" in report and "s per iteration of 2" in report
+    assert "epoch" not in report.split("## Validation")[1].split("## Training")[0]
     assert "`sprec` (SPRec self-play: 2 iterations of 7 rows" in report
 
 
