@@ -178,3 +178,34 @@ def reference_log_probs(model, dataset: PreferenceSet, collator: PreferenceColla
     torch.save({"key": digest, "values": values}, tmp)
     tmp.replace(path)
     return values
+
+
+def preference_data(cfg, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator,
+                    negatives=None):
+    """Preference methods: negatives per example (given, the method's own choice, or uniform samples)
+    and the starting model's reference log-probs."""
+    from bearrec import methods
+    from bearrec.config import to_dict
+    from bearrec.evaluation import distributed_state
+
+    pref, method = cfg.loss.pref, methods.get(cfg.loss.name)
+    n = method.num_negatives(cfg.loss)
+    model.to(distributed_state().device)
+    chosen = negatives is not None or method.negatives is not None
+    if negatives is not None:  # given (sprec: decoded by the iteration's starting model)
+        if len(negatives) != len(train_rows) or any(len(g) != n for g in negatives):
+            raise BearrecError(f"{run_dir}: {len(negatives)} negative groups given for {len(train_rows)} rows, "
+                               f"{n} each expected")
+    elif method.negatives is not None:  # the method's own choice (rosepo: the starting model's decode, popularity)
+        negatives = method.negatives(cfg, model, encoder, train_rows)
+    else:
+        negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
+    data = PreferenceSet(train_set, encoder, negatives)
+    collator = PreferenceCollator(collator)
+    key = {"model": cfg.model.name_or_path, "data": to_dict(cfg.data), "n": n, "seed": pref.negatives_seed,
+           "examples": len(train_rows), "max_train_examples": cfg.train.max_train_examples}
+    if chosen:  # a cache of other negatives is not these groups' reference
+        key["negatives"] = hashlib.sha1(json.dumps(negatives).encode()).hexdigest()
+    data.reference = reference_log_probs(model, data, collator, run_dir / "reference_logps.pt", key,
+                                         batch_size=cfg.train.batch_size)
+    return data, collator

@@ -13,7 +13,6 @@ tokenizer), `eval-valid-epoch-N/`, `eval-test/`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import random
@@ -25,7 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.atomic import atomic_write_text
-from bearrec.config import Config, check, save_config, to_dict
+from bearrec.config import Config, check, save_config
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import Recommender, distributed_state, evaluate, seeded_subset, training_rows, write_outputs
@@ -345,7 +344,10 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
     collator, counts = needs.prepare(methods.get(cfg.loss.name), encoder, train_rows,
                                      Collator(encoder.tokenizer.pad_token_id))
     if "preference" in methods.get(cfg.loss.name).needs:
-        train_set, collator = _preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator, negatives)
+        from bearrec.preference import preference_data
+
+        train_set, collator = preference_data(cfg, run_dir, model, encoder, train_set, train_rows, collator,
+                                               negatives)
     prepare_for_training(model, cfg)  # after the reference log-probs: those stay as they were computed
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
@@ -402,35 +404,6 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
                 metrics["epoch"] = last
                 write_outputs(run_dir / "eval-test-last", preds, metrics)
     return run_dir
-
-
-def _preference_data(cfg: Config, run_dir: Path, model, encoder: Encoder, train_set, train_rows, collator,
-                     negatives=None):
-    """Preference methods: negatives per example (given, the method's own choice, or uniform samples)
-    and the starting model's reference log-probs."""
-    from bearrec.preference import PreferenceCollator, PreferenceSet, reference_log_probs, sample_negatives
-
-    pref, method = cfg.loss.pref, methods.get(cfg.loss.name)
-    n = method.num_negatives(cfg.loss)
-    model.to(distributed_state().device)
-    chosen = negatives is not None or method.negatives is not None
-    if negatives is not None:  # given (sprec: decoded by the iteration's starting model)
-        if len(negatives) != len(train_rows) or any(len(g) != n for g in negatives):
-            raise BearrecError(f"{run_dir}: {len(negatives)} negative groups given for {len(train_rows)} rows, "
-                               f"{n} each expected")
-    elif method.negatives is not None:  # the method's own choice (rosepo: the starting model's decode, popularity)
-        negatives = method.negatives(cfg, model, encoder, train_rows)
-    else:
-        negatives = sample_negatives([r.target for r in train_rows], encoder, n, pref.negatives_seed)
-    data = PreferenceSet(train_set, encoder, negatives)
-    collator = PreferenceCollator(collator)
-    key = {"model": cfg.model.name_or_path, "data": to_dict(cfg.data), "n": n, "seed": pref.negatives_seed,
-           "examples": len(train_rows), "max_train_examples": cfg.train.max_train_examples}
-    if chosen:  # a cache of other negatives is not these groups' reference
-        key["negatives"] = hashlib.sha1(json.dumps(negatives).encode()).hexdigest()
-    data.reference = reference_log_probs(model, data, collator, run_dir / "reference_logps.pt", key,
-                                         batch_size=cfg.train.batch_size)
-    return data, collator
 
 
 def last_complete_checkpoint(run_dir: Path) -> Path | None:
