@@ -21,13 +21,17 @@ def _data_config(args):
     return load_config(args.config, overrides_of(args))
 
 
+VALID_TEST_GAP = 0.2  # `data inspect` notes a validation split this much more "seen" than the test split
+
+
 def _print_statistics(stats: dict) -> None:
     hist = stats["history_length"]
     rows = [("dataset", stats["name"]), ("items", stats["num_items"]), ("users", stats["num_users"]),
             ("train rows", stats["num_train"]), ("valid rows", stats["num_valid"]), ("test rows", stats["num_test"]),
             ("history length", f"min {hist['min']}, mean {hist['mean']:.2f}, max {hist['max']}"),
             ("duplicate titles", stats["num_duplicate_titles"]),
-            ("test targets seen in train", f"{stats['test_targets_seen_in_train']:.1%}")]
+            ("test targets seen in train", f"{stats['test_targets_seen_in_train']:.1%}"),
+            ("valid targets seen in train", f"{stats['valid_targets_seen_in_train']:.1%}")]
     for key in ("path", "train_file", "valid_source", "dropped_empty_title_items", "dropped_rows"):
         if key in stats:
             rows.append((key.replace("_", " "), stats[key]))
@@ -36,6 +40,11 @@ def _print_statistics(stats: dict) -> None:
         print(f"{key:<{width}}  {value}")
     for title, ids in stats["duplicate_titles"].items():
         print(f"  duplicate title (items {', '.join(map(str, ids))}): {title}")
+    valid, test = stats["valid_targets_seen_in_train"], stats["test_targets_seen_in_train"]
+    if stats["num_valid"] and stats["num_test"] and valid - test > VALID_TEST_GAP:
+        print(f"note: validation targets were trained on as targets far more often than test targets ({valid:.1%} vs "
+              f"{test:.1%}): choices made on validation favour ranking popular training targets "
+              f"(docs/results.md, section 21)")
 
 
 def cmd_data_inspect(args) -> int:

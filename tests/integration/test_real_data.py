@@ -27,6 +27,11 @@ def test_office_inspect(capsys, monkeypatch):
     carved = _inspect(capsys, "office", "data.validation=carve")
     assert carved["num_train"] == 8889 and carved["valid_source"].startswith("carved")
     assert stats["num_duplicate_titles"] == 3 and stats["history_length"]["max"] == 10
+    # 1,076 of the 1,111 validation targets and 907 of the 1,925 test targets are training targets
+    assert (stats["valid_targets_seen_in_train"], stats["test_targets_seen_in_train"]) == (0.9685, 0.4712)
+    assert main(["data", "inspect", "office"]) == 0
+    assert "note: validation targets were trained on as targets far more often than test targets (96.9% vs 47.1%)" \
+        in capsys.readouterr().out
     full = _inspect(capsys, "office", "--train-file", "train.csv", "--data-dir", str(SHARED_DATA))
     assert full["num_train"] + full["num_valid"] == 15400
 

@@ -195,3 +195,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, authors_dir, monkeypat
         write_authors_dir(tmp_path / "out", ds.catalogue, {"train": ds.train})
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_statistics_count_the_targets_trained_on_as_targets(tmp_path):
+    # the training targets (each row's last id) are 3, 5, 1, 2, 4, 2, 3, 2, 5: never 6
+    train = [("u1", [1, 2, 3], 100), ("u2", [2, 3, 5], 300), ("u3", [5, 6, 1], 200), ("u4", [3, 5, 6, 2], 500),
+             ("u1", [2, 3, 4], 400), ("u5", [6, 1, 2], 250), ("u6", [1, 5, 3], 600), ("u7", [4, 4, 2], 50),
+             ("u8", [2, 6, 5], 350)]
+    valid = [("v1", [1, 2, 5], 900), ("v2", [3, 1, 2], 910), ("v3", [2, 5, 6], 920), ("v4", [1, 2, 4], 930)]
+    test = [("w1", [3, 4, 6], 700), ("w2", [5, 2, 1], 800), ("w3", [1, 3, 6], 810)]
+    ds = load_authors_dir(write_authors(tmp_path / "S", train=train, valid=valid, test=test))
+    stats = ds.statistics()
+    assert stats["valid_targets_seen_in_train"] == 0.75  # 5, 2, 4 trained on as targets; 6 is not
+    assert stats["test_targets_seen_in_train"] == round(1 / 3, 4)  # only 1 of 6, 1, 6

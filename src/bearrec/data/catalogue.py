@@ -78,6 +78,7 @@ class Dataset:
             "duplicate_titles": self.catalogue.duplicate_titles,
             "history_length": _summary(lengths),
             "test_targets_seen_in_train": _share_seen(self.train, self.test),
+            "valid_targets_seen_in_train": _share_seen(self.train, self.valid),
             **self.info,
         }
 
