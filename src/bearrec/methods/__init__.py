@@ -6,7 +6,8 @@ a no-gradient decode of the batch, "preference" groups with cached reference log
 "plain_prompt" logits after the history-free prompt, "target_counts" of the run's training targets
 on the trie with each response token's trie node; `bearrec.needs`), which
 `loss.*` config sections it reads, its own setting checks, and how a run of it is labelled and
-described. Training, the driver, reports, sweeps and the CLI ask this registry; nothing else branches
+described. A method that is not one loss says how it trains instead: `train` (a conventional
+reference, no LLM) or `stages` (sprec: several sft and dpo runs of its own). Training, the driver, reports, sweeps and the CLI ask this registry; nothing else branches
 on a method's name. Adding a method: a module here (with `METHODS`), its tests, its README entry.
 The loss arithmetic itself stays in `bearrec.losses` (pure functions of tensors).
 """
