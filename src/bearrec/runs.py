@@ -36,13 +36,18 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "config.yaml").exists()
 
 
+def exported(path: str | Path, model_cfg: ModelConfig) -> ModelConfig:
+    """`model_cfg` reading the weights saved at `path` (a run's `model/`: full weights, or base + LoRA
+    adapter) as they are: no new adapters."""
+    return dataclasses.replace(model_cfg, name_or_path=str(path),
+                               lora=dataclasses.replace(model_cfg.lora, enabled=False))
+
+
 def load_exported(path: str | Path, model_cfg: ModelConfig):
-    """The weights saved at `path` (a run's `model/`: full weights, or base + LoRA adapter), in
-    `model_cfg`'s dtype, without adding new adapters."""
+    """The weights saved at `path`, in `model_cfg`'s dtype (`exported`)."""
     from bearrec.modeling import load_model
 
-    cfg = dataclasses.replace(model_cfg, name_or_path=str(path), lora=dataclasses.replace(model_cfg.lora, enabled=False))
-    model, _ = load_model(cfg)
+    model, _ = load_model(exported(path, model_cfg))
     return model
 
 
@@ -62,8 +67,7 @@ def load_run(model: str | Path, config: str | Path | None = None, overrides: Seq
     dataset = load_dataset(cfg.data)  # data errors surface before the model is loaded
     if check is not None:
         check(cfg, dataset)
-    cfg.model = dataclasses.replace(cfg.model, name_or_path=str(weights),
-                                    lora=dataclasses.replace(cfg.model.lora, enabled=False))
+    cfg.model = exported(weights, cfg.model)
     loaded, tokenizer = load_model(cfg.model)
     encoder = build_encoder(cfg.prompt, dataset, tokenizer, loaded)
     return LoadedRun(cfg, dataset, Recommender.for_run(loaded, encoder, cfg, dataset))

@@ -14,7 +14,6 @@ stage is a run directory of its own, so a stopped run resumes at its first unfin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -55,10 +54,9 @@ def decode_negatives(cfg, start, dataset, rows) -> list[int]:
     from bearrec.evaluation import distributed_state
     from bearrec.modeling import load_model
     from bearrec.preference import constrained_decode
+    from bearrec.runs import exported
 
-    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(start),
-                                    lora=dataclasses.replace(cfg.model.lora, enabled=False))
-    model, tokenizer = load_model(model_cfg)
+    model, tokenizer = load_model(exported(start, cfg.model))
     model.to(distributed_state().device)
     encoder = build_encoder(cfg.prompt, dataset, tokenizer, model)
     ranked = constrained_decode(model, encoder, rows, 1, cfg.decode.batch_size, "sprec negatives")
@@ -159,27 +157,31 @@ def train_stages(cfg, resume: bool = False, force: bool = False) -> Path:
         for k in range(1, n + 1):
             resumed |= not _iteration(cfg, run_dir, dataset, all_rows, k, start)
             start = run_dir / f"iter-{k}" / "dpo" / "model"
-            selection = _select(cfg, run_dir, k)
+        selection = _select(cfg, run_dir, n)
         chosen = selection["best"]["epoch"]
         with atomic_directory(run_dir / "model") as tmp:
             shutil.copytree(run_dir / f"iter-{chosen}" / "dpo" / "model", tmp, dirs_exist_ok=True)
-        runtime = sum(_read(run_dir / f"iter-{k}" / s / "train_metrics.json")["train_runtime_s"]
-                      for k in range(1, n + 1) for s in ("sft", "dpo"))
+        stages = [_read(run_dir / f"iter-{k}" / stage / "train_metrics.json")
+                  for k in range(1, n + 1) for stage in ("sft", "dpo")]
+        runtime = sum(m["train_runtime_s"] for m in stages)
         runtime += sum(_read(run_dir / f"iter-{k}" / "negatives.json")["decode_s"] for k in range(1, n + 1))
         atomic_write_text(run_dir / "train_metrics.json", json.dumps({
             "train_runtime_s": runtime, "seconds_per_epoch": None, "seconds_per_iteration": runtime / n,
-            "iterations": n, "resumed": resumed, "num_train_examples": min(len(all_rows), cfg.loss.sprec.rows_per_iteration),
-            "global_steps": sum(_read(run_dir / f"iter-{k}" / s / "train_metrics.json")["global_steps"]
-                                for k in range(1, n + 1) for s in ("sft", "dpo")), "train_loss": None}, indent=2) + "\n")
+            "iterations": n, "resumed": resumed,
+            "num_train_examples": min(len(all_rows), cfg.loss.sprec.rows_per_iteration),
+            "global_steps": sum(m["global_steps"] for m in stages), "train_loss": None}, indent=2) + "\n")
         if cfg.train.eval_test:
             test_idx = seeded_subset(len(dataset.test), cfg.train.test_users)
-            for folder, it in (("eval-test", chosen), ("eval-test-last", n)):
-                if folder == "eval-test-last" and chosen == n:
-                    break
+
+            def decode(it: int):
                 loaded = load_run(run_dir / f"iter-{it}" / "dpo", config=run_dir / "config.yaml")
-                preds, metrics = evaluate(loaded.recommender, dataset.test, test_idx)
-                metrics["selected" if folder == "eval-test" else "epoch"] = selection["best"] if it == chosen else it
-                write_outputs(run_dir / folder, preds, metrics)
+                return evaluate(loaded.recommender, dataset.test, test_idx)
+
+            preds, metrics = decode(chosen)
+            write_outputs(run_dir / "eval-test", preds, {**metrics, "selected": selection["best"]})
+            if chosen != n:  # the last iteration on the same users, as runs show their last epoch
+                preds, metrics = decode(n)
+                write_outputs(run_dir / "eval-test-last", preds, {**metrics, "epoch": n})
     return run_dir
 
 
