@@ -252,7 +252,9 @@ def describe_difference(dataset: str, s: dict) -> str:
         return f"{head}: no comparison ({s['reason']})."
     per_seed = ", ".join(f"seed {k} {v:+.4f}" for k, v in sorted(s["per_seed"].items()))
     if s.get("low") is None:
-        text = f"{head} = {s['mean']:+.4f}; {s.get('reason', 'no interval')}"
+        unpaired = s.get("seeds") if isinstance(s.get("seeds"), dict) else None
+        means = f" (unpaired: means over {unpaired['a']} and {unpaired['b']} seeds)" if unpaired else ""
+        text = f"{head} = {s['mean']:+.4f}{means}; {s.get('reason', 'no interval')}"
     else:
         seeds = s["seeds"] if not isinstance(s["seeds"], dict) else f"{s['seeds']['a']} and {s['seeds']['b']}"
         text = (f"{head} = {s['mean']:+.4f}, 95% CI [{s['low']:+.4f}, {s['high']:+.4f}] ({s['method']}; "

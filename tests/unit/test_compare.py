@@ -66,6 +66,19 @@ def test_table_mean_std_and_improvement(tmp_path):
     assert "msl,office,NDCG@10,0.187500,0.088388,2" in to_csv(result)
 
 
+def test_one_seed_against_two_says_the_difference_is_of_unpaired_means(tmp_path):
+    # cft has seed 0 only, msl seeds 0 and 1: the difference is mean(cft) - mean(msl) = .375 - .1875,
+    # not the seed-0 paired difference (.375 - .25 = .125), and the line must say which it is
+    runs = [make_run(tmp_path, "msl0", "msl", 0, [0, None, None, None]),  # 0.25
+            make_run(tmp_path, "msl1", "msl", 1, [2, None, None, None]),  # 0.125
+            make_run(tmp_path, "cft0", "cft", 0, [0, 2, None, None])]  # 0.375
+    (sig,) = compare(runs, bootstrap_samples=200, pairs=[("cft", "msl")])["significance"]["office"]
+    assert sig["mean"] == pytest.approx(0.1875) and sig["per_seed"] == {0: pytest.approx(0.125)}
+    md = to_markdown(compare(runs, bootstrap_samples=200, pairs=[("cft", "msl")]))
+    assert "cft - msl = +0.1875 (unpaired: means over 1 and 2 seeds); fewer than 3 seeds" in md
+    assert "Per seed: seed 0 +0.1250." in md
+
+
 def test_three_seeds_give_a_two_stage_interval_and_the_old_one_beside_it(tmp_path):
     ranks = {0: ([0, 2, None], [0, None, None]), 1: ([0, None, None], [None, None, None]),
              2: ([2, 2, None], [2, None, None])}
