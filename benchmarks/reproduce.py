@@ -25,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 from bearrec import methods
 from bearrec.analysis import plot_pruning
 from bearrec.errors import BearrecError
@@ -109,7 +111,14 @@ def decode_missing(args) -> None:
                 run = Path(args.root) / dataset / base / f"seed={seed}"
                 if (run / "metrics.json").exists() and not (run / folder / "metrics.json").exists():
                     print(f"decoding {run} with {' '.join(flags)}", flush=True)
-                    bearrec(["evaluate", "--model", str(run), *flags, "--out", str(run / folder)])
+                    bearrec(["evaluate", "--model", str(run), *flags, *_same_test_users(run), "--out", str(run / folder)])
+
+
+def _same_test_users(run: Path) -> list[str]:
+    """`--limit N` when the run was tested on a seeded subset of N users (train.test_users), so that
+    its other decodings are of the same users; nothing (the whole split) otherwise."""
+    limit = yaml.safe_load((run / "config.yaml").read_text())["train"].get("test_users")
+    return [] if limit is None else ["--limit", str(limit)]
 
 
 def chosen_plan(args) -> list[tuple[list[str], Path]]:

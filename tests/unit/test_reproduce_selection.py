@@ -87,3 +87,17 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
     assert "| sft [d3] (3 seeds) |" in text
     for a, b in [("sft [d3]", "msl"), ("sft [d3]", "bear"), ("sft", "msl"), ("sft", "bear"), ("bear", "msl")]:
         assert f"{data}: NDCG@10 {a} - {b} = " in text, (a, b)
+
+
+def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("bearrec.cli.main", calls.append)
+    for seed, test_users in [(0, 24), (1, None)]:
+        run = _run(tmp_path / "office", "sft", seed, 0.1, 0.01)
+        (run / "config.yaml").write_text(f"train:\n  test_users: {'null' if test_users is None else test_users}\n")
+    ns = reproduce.argparse.Namespace(datasets=["office"], methods=["sft", "d3"], seeds=[0, 1], root=str(tmp_path))
+    reproduce.decode_missing(ns)
+    limits = [argv[argv.index("--limit") + 1] if "--limit" in argv else None for argv in calls]
+    assert [argv[argv.index("--model") + 1] for argv in calls] == [str(tmp_path / "office" / "sft" / f"seed={s}")
+                                                                    for s in (0, 1)]
+    assert limits == ["24", None] and all("--decoding" in argv for argv in calls)
