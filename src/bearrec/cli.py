@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bearrec.errors import BearrecError, ConfigError
-from bearrec.flags import data_flags, decoding_suffix, inference_flags, inference_setup, overrides_of
+from bearrec.flags import data_flags, decoding_suffix, inference_flags, inference_setup, note_tested_users, overrides_of
 
 
 def _data_config(args):
@@ -82,6 +82,7 @@ def cmd_evaluate(args) -> int:
     from bearrec.evaluation import evaluate, format_table, seeded_subset, write_outputs
 
     cfg, dataset, recommender = inference_setup(args)
+    note_tested_users(args, cfg)
     examples = dataset.split(args.split)
     indices = seeded_subset(len(examples), args.limit)
     preds, metrics = evaluate(recommender, examples, indices)
@@ -196,6 +197,7 @@ def cmd_analyze_pruning(args) -> int:
     for model, label in zip(args.model, run_labels(args.model)):
         args_one = argparse.Namespace(**{**vars(args), "model": model})
         cfg, dataset, recommender = inference_setup(args_one)
+        note_tested_users(args_one, cfg)
         ks = ks or tuple(cfg.analysis.ks)  # the first run's analysis.ks (or the config's) for every run
         examples = dataset.split(args.split)
         indices = seeded_subset(len(examples), args.limit)

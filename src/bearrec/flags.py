@@ -5,7 +5,9 @@ the default name of their output folder."""
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
+from pathlib import Path
 
 from bearrec.config import PRESETS, declared
 
@@ -90,6 +92,15 @@ def inference_setup(args, check=None):
                 overrides.append(f"decode.{key}={'null' if value is None else value}")
     loaded = load_run(args.model, args.config, overrides, check)
     return loaded.cfg, loaded.dataset, loaded.recommender
+
+
+def note_tested_users(args, cfg) -> None:
+    """Warn on stderr when a run tested on a seeded subset (train.test_users) is decoded on the whole
+    test split: its eval-test and this output would then cover different users."""
+    limit = cfg.train.test_users
+    if args.split == "test" and args.limit is None and limit is not None and (Path(args.model) / "config.yaml").exists():
+        print(f"note: {args.model} was tested on {limit} seeded test users (train.test_users); this decodes the whole "
+              f"split; --limit {limit} decodes the same users as its eval-test", file=sys.stderr)
 
 
 def decoding_suffix(args) -> str:

@@ -228,3 +228,22 @@ def test_another_decoding_preset_resets_what_the_runs_preset_set(tmp_path, capsy
     igd = [json.loads(x)["scores"] for x in (tmp_path / "igd" / "predictions.jsonl").read_text().splitlines()]
     assert hf != igd
     capsys.readouterr()
+
+
+def test_a_run_tested_on_a_subset_warns_when_decoded_on_the_whole_split(tmp_path, capsys):
+    import yaml
+
+    run = write_tiny_run(tmp_path, {"num_beams": 3, "batch_size": 2, "ks": [1, 3]})
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"] = {"test_users": 1}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--out", str(tmp_path / "all")]) == 0
+    err = capsys.readouterr().err
+    assert "was tested on 1 seeded test users (train.test_users)" in err and "--limit 1 decodes the same users" in err
+    assert len((tmp_path / "all" / "predictions.jsonl").read_text().splitlines()) == 2  # still the whole split
+    assert main(["evaluate", "--model", str(run), "--split", "test", "--limit", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main(["analyze", "pruning", "--model", str(run), "--split", "test", "--limit", "1",
+                 "--out", str(tmp_path / "pr")]) == 0
+    assert "seeded test users" not in capsys.readouterr().err
+    assert main(["analyze", "pruning", "--model", str(run), "--split", "test", "--out", str(tmp_path / "pr2")]) == 0
+    assert "--limit 1 decodes the same users" in capsys.readouterr().err
