@@ -189,7 +189,7 @@ def plot_seeds(values: dict[str, list[float]], path: Path, dataset: str) -> None
 def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tuple[str, str]]:
     """Row-label pairs: every other method - msl, and every method but msl - the chosen bear."""
     entries = {name: [r if isinstance(r, tuple) else (r, "eval-test") for r in v] for name, v in compared.items()}
-    loaded = {(str(d), e): load_run(d, e) for v in entries.values() for d, e in v}
+    loaded = {(str(d), e): load_run(d, e, with_ranks=False) for v in entries.values() for d, e in v}
     label_runs(list(loaded.values()))
     label = {name: loaded[(str(v[0][0]), v[0][1])]["method"] for name, v in entries.items()}
     pairs = [(label[n], label["msl"]) for n in compared if n != "msl" and "msl" in compared]

@@ -102,9 +102,10 @@ def _show(value: str | None) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
+def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: bool = True) -> dict:
     """A run's test evaluation (`evaluation`: another folder, e.g. eval-test-d3 from `bearrec evaluate
-    --decoding d3`, gives a row labelled `method [d3]`)."""
+    --decoding d3`, gives a row labelled `method [d3]`). with_ranks=False: no per-user ranks (labels
+    and metrics only; predictions.jsonl is not read)."""
     run_dir = Path(run_dir)
     cfg_path, metrics_path = run_dir / "config.yaml", run_dir / evaluation / "metrics.json"
     for path in (cfg_path, metrics_path):
@@ -113,7 +114,7 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test") -> dict:
     cfg = yaml.safe_load(cfg_path.read_text())
     preds = run_dir / evaluation / "predictions.jsonl"
     ranks = {}
-    if preds.exists():
+    if preds.exists() and with_ranks:
         for line in preds.read_text().splitlines():
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]

@@ -8,7 +8,7 @@ import yaml
 
 from bearrec.cli import main
 from bearrec.config import Config, to_dict
-from bearrec.report import compare, method_label, run_settings, to_csv, to_markdown
+from bearrec.report import compare, load_run, method_label, run_settings, to_csv, to_markdown
 
 
 def make_run(root, name, loss, seed, ranks, dataset="office", form="reference", **settings):
@@ -241,3 +241,10 @@ def test_a_run_from_before_a_setting_existed_is_the_same_row(tmp_path):
         (run / "eval-test-d3" / "metrics.json").write_text(json.dumps({"item": {"NDCG@10": 0.1}, **record}))
     result = compare([str(old), str(new)], evaluations=("eval-test-d3",))
     assert {m for (m, _, _) in result["cells"]} == {"msl [d3]"}
+
+
+def test_load_run_without_ranks_labels_the_same_and_skips_the_predictions(tmp_path):
+    run = make_run(tmp_path, "msl0", "msl", 0, [0, None, 2])
+    full, light = load_run(run), load_run(run, with_ranks=False)
+    assert full["ranks"] == {0: 0, 1: None, 2: 2} and light["ranks"] == {}
+    assert {k: v for k, v in full.items() if k != "ranks"} == {k: v for k, v in light.items() if k != "ranks"}
