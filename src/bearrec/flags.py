@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from pathlib import Path
 
 from bearrec.config import PRESETS, declared
 
@@ -97,8 +96,10 @@ def inference_setup(args, check=None):
 def note_tested_users(args, cfg) -> None:
     """Warn on stderr when a run tested on a seeded subset (train.test_users) is decoded on the whole
     test split: its eval-test and this output would then cover different users."""
+    from bearrec.runs import is_run_dir
+
     limit = cfg.train.test_users
-    if args.split == "test" and args.limit is None and limit is not None and (Path(args.model) / "config.yaml").exists():
+    if args.split == "test" and args.limit is None and limit is not None and is_run_dir(args.model):
         print(f"note: {args.model} was tested on {limit} seeded test users (train.test_users); this decodes the whole "
               f"split; --limit {limit} decodes the same users as its eval-test", file=sys.stderr)
 

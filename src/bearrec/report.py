@@ -252,12 +252,12 @@ def describe_difference(dataset: str, s: dict) -> str:
     if s["mean"] is None:
         return f"{head}: no comparison ({s['reason']})."
     per_seed = ", ".join(f"seed {k} {v:+.4f}" for k, v in sorted(s["per_seed"].items()))
+    unpaired = s["seeds"] if isinstance(s.get("seeds"), dict) else None  # the methods' seed sets differ
     if s.get("low") is None:
-        unpaired = s.get("seeds") if isinstance(s.get("seeds"), dict) else None
         means = f" (unpaired: means over {unpaired['a']} and {unpaired['b']} seeds)" if unpaired else ""
         text = f"{head} = {s['mean']:+.4f}{means}; {s.get('reason', 'no interval')}"
     else:
-        seeds = s["seeds"] if not isinstance(s["seeds"], dict) else f"{s['seeds']['a']} and {s['seeds']['b']}"
+        seeds = f"{unpaired['a']} and {unpaired['b']}" if unpaired else s["seeds"]
         text = (f"{head} = {s['mean']:+.4f}, 95% CI [{s['low']:+.4f}, {s['high']:+.4f}] ({s['method']}; "
                 f"{seeds} seeds, {s['users']} users)")
     text += f". Per seed: {per_seed}." if per_seed else "."
