@@ -260,6 +260,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_archive(args) -> int:
+    from bearrec.archive import archive_tree
+
+    done, skipped = archive_tree(args.source, args.dest)
+    for run in skipped:
+        print(f"skipped {run}: not finished", file=sys.stderr)
+    print(f"archived {len(done)} run(s) from {args.source} into {args.dest}")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from bearrec.sweep import sweep
 
@@ -333,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add rows for the runs' reference points (ref-popularity/, ref-zero_shot/: bearrec run's "
                         "analysis.references) on the same test users")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("archive", help="a finished run's results without its weights (config, metrics, per-user "
+                                       "ranks), for compare and reproduce --report-only")
+    p.add_argument("source", help="a run directory, or a folder: every finished run below it")
+    p.add_argument("dest", help="the archive (for a folder: the same relative paths below it)")
+    p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("train", help="fine-tune with sft / msl / bear; selects the epoch on validation")
     p.add_argument("--config", help="a YAML config (configs/*.yaml)")

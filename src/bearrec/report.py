@@ -15,6 +15,7 @@ printed. The old interval (users only, seeds averaged per user) is printed besid
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
@@ -112,10 +113,9 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
         if not path.exists():
             raise BearrecError(f"{path}: missing; is {run_dir} a finished run (bearrec run / train)?")
     cfg = yaml.safe_load(cfg_path.read_text())
-    preds = run_dir / evaluation / "predictions.jsonl"
     ranks = {}
-    if preds.exists() and with_ranks:
-        for line in preds.read_text().splitlines():
+    if with_ranks:
+        for line in read_predictions(run_dir / evaluation):
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
     suffix = "" if evaluation in ("eval-test", *REFERENCE_ROWS) else f" [{evaluation.removeprefix('eval-test-')}]"
@@ -132,6 +132,16 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
         settings.pop("decode.preset", None)  # do not record it, and the config's would be wrong there)
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "settings": settings, "metrics": metrics["item"], "ranks": ranks}
+
+
+def read_predictions(folder: Path) -> list[str]:
+    """The lines of an evaluation folder's predictions.jsonl, or of the gzipped ranks an archive keeps
+    in its place (`bearrec.archive`); none when there is neither."""
+    if (folder / "predictions.jsonl").exists():
+        return (folder / "predictions.jsonl").read_text().splitlines()
+    if (folder / "predictions.jsonl.gz").exists():
+        return gzip.decompress((folder / "predictions.jsonl.gz").read_bytes()).decode().splitlines()
+    return []
 
 
 # the decode settings an evaluation's metrics.json records (`bearrec.evaluation.metrics_of`)

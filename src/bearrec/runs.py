@@ -10,11 +10,14 @@ and its exported `model/`; any other value is a model path or id (a Hub id, a lo
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from bearrec.archive import MARKER, is_archive
 from bearrec.config import Config, ModelConfig, load_config
+from bearrec.errors import BearrecError
 
 
 @dataclass
@@ -61,6 +64,9 @@ def load_run(model: str | Path, config: str | Path | None = None, overrides: Seq
     from bearrec.modeling import load_model
 
     run = Path(model)
+    if is_archive(run):
+        raise BearrecError(f"{run}: an archived run (its results without weights, `bearrec archive`); "
+                           f"use the run it came from ({json.loads((run / MARKER).read_text())['archived_from']})")
     config_path = config or (run / "config.yaml" if is_run_dir(run) else None)
     cfg = load_config(config_path, list(overrides))
     weights = run / "model" if (run / "model").is_dir() else model

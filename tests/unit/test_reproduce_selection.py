@@ -87,6 +87,11 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
     assert "| sft [d3] (3 seeds) |" in text
     for a, b in [("sft [d3]", "msl"), ("sft [d3]", "bear"), ("sft", "msl"), ("sft", "bear"), ("bear", "msl")]:
         assert f"{data}: NDCG@10 {a} - {b} = " in text, (a, b)
+    # the same report from an archive of the root (no weights): the same summary, line for line
+    assert main(["archive", str(root), str(tmp_path / "archive")]) == 0
+    assert not list((tmp_path / "archive").rglob("*.safetensors"))
+    reproduce.report(reproduce.argparse.Namespace(**{**vars(ns), "root": str(tmp_path / "archive")}))
+    assert (tmp_path / "archive" / "summary.md").read_text() == text.replace(str(root), str(tmp_path / "archive"))
 
 
 def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path, monkeypatch):
