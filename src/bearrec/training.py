@@ -17,6 +17,7 @@ import json
 import pickle
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,6 +322,23 @@ def prepare_for_training(model, cfg: Config, changes: tuple[str, ...] | None = N
     return {name: fn(model) for name, fn in available.items() if changes is None or name in changes}
 
 
+def slow_bf16_note(bf16: bool, cuda: bool | None = None, native: bool | None = None) -> str | None:
+    """What to tell a user who trains with bf16 autocast on a CPU without native bf16 matmuls
+    (oneDNN's own check; an AVX2-only CPU has none): PyTorch then emulates bf16, and a tiny-model
+    step was 12-13x slower than fp32 (`benchmarks/bf16_cpu.py`). None when that does not apply."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not bf16 or cuda:
+        return None
+    if native is None:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        native = True if check is None else bool(check())
+    if native:
+        return None
+    return (f"train.bf16 is true on a CPU without native bf16 support (torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}): autocast emulates bf16 here, several times slower than "
+            f"fp32 (benchmarks/bf16_cpu.py: 12x per tiny-model step on an AVX2 CPU); train.bf16=false trains in fp32")
+
+
 def training_arguments(cfg: Config, output_dir: Path, **overrides) -> TrainingArguments:
     """Trainer's arguments for a config (`benchmarks/train_memory.py` uses the same)."""
     t = cfg.train
@@ -352,6 +370,9 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
     valid_idx = seeded_subset(len(dataset.valid), cfg.train.valid_users)
     save_config(cfg, run_dir)
     t = cfg.train
+    note = slow_bf16_note(t.bf16)
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     args = training_arguments(cfg, run_dir / "checkpoints")
     selection = EpochSelection(run_dir, encoder, cfg, dataset, valid_idx) if dataset.valid and validate else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,

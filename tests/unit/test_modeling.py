@@ -61,3 +61,13 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 def test_tiny_heads_must_divide_hidden():
     with pytest.raises(ModelError, match="divisible"):
         build_tiny(TinyModelConfig(hidden_size=30, num_heads=4, vocab_size=300), TEXTS)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_named_with_the_fix():
+    from bearrec.training import slow_bf16_note
+
+    assert slow_bf16_note(False, cuda=False, native=False) is None  # fp32 training: nothing to say
+    assert slow_bf16_note(True, cuda=True, native=False) is None  # a GPU: autocast is native there
+    assert slow_bf16_note(True, cuda=False, native=True) is None
+    note = slow_bf16_note(True, cuda=False, native=False)
+    assert "without native bf16" in note and "train.bf16=false" in note and "benchmarks/bf16_cpu.py" in note
