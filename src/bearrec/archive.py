@@ -1,27 +1,31 @@
 """`bearrec archive`: a finished run's results without its weights, small enough to keep in git.
 
 A run directory of the tiny model holds tens of MB (weights, checkpoints, cached reference
-log-probs, every validation decode); its results are a few KB: the config, the metrics, and the
-rank of each test user's target, which is all that `bearrec compare` and `benchmarks/reproduce.py
---report-only` read. An archive keeps the run's layout with
+log-probs); its results are a few KB: the config, the metrics, and the rank of each user's target,
+which is all that `bearrec compare` and `benchmarks/reproduce.py --report-only` read. An archive
+keeps the run's layout with
 
 - every `.json`, `.yaml` and `.md` file of the run and of its sub-folders, except below `model/` and
   `checkpoints/` (weights and optimiser state) and in the temporary folders of a killed write;
-- each `predictions.jsonl` of a test decoding (`eval-test*/`) and of a reference row (`ref-*/`),
-  cut to `{"index", "rank"}` per user and gzipped (`predictions.jsonl.gz`, which
-  `bearrec.report.load_run` reads like the full file); validation decodes keep their metrics only;
-- `archived.json`: where it came from, and how many bytes were left out.
+  `pruning.json` without its per-user list (`users`: the aggregates PR@K and violation shares stay);
+- every `predictions.jsonl` (test, validation and reference decodes) cut to `{"index", "rank"}`
+  per user and gzipped (`predictions.jsonl.gz`, which `bearrec.report.load_run` reads like the full
+  file);
+- `archived.json`: where it came from (absolute path), and how many bytes were left out.
 
-Nothing else (weights, `.pt` caches, plots). The ranks are the ranks as decoded, so a table built from
-archives equals the table built from the runs. An archive is not a model: commands that load weights
-refuse it by name. Archiving a folder archives every finished run below it (`run.json` and
-`metrics.json` present), keeping the relative paths; an unfinished run is skipped and named.
+Nothing else (weights, `.pt` caches, plots, logs). The ranks are the ranks as decoded, so a table
+built from archives equals the table built from the runs. An archive is not a model: commands that
+load weights, and `bearrec run`, refuse it by name. Archiving a folder archives every finished run
+below it (`config.yaml` and `metrics.json` present; symlinked folders followed), keeping the
+relative paths; an unfinished run is skipped and named. A destination is replaced only when it is
+an earlier archive (or empty): never a run or another folder.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 from bearrec.atomic import atomic_directory, atomic_write_text
@@ -30,7 +34,7 @@ from bearrec.errors import BearrecError
 MARKER = "archived.json"
 KEPT_SUFFIXES = (".json", ".yaml", ".md")
 SKIPPED_DIRS = ("model", "checkpoints")
-RANKED_PREFIXES = ("eval-test", "ref-")
+PER_USER_KEYS = {"pruning.json": "users"}  # file -> per-user key left out of the archive
 
 
 def is_archive(path: str | Path) -> bool:
@@ -42,7 +46,7 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def slim_predictions(path: Path) -> bytes:
-    """predictions.jsonl as gzipped `{"index", "rank"}` lines (no timestamp: the same input gives
+    """predictions.jsonl as gzipped `{"index", "rank"}` lines (gzip mtime 0: the same input gives
     the same bytes, so re-archiving an unchanged run changes nothing in git)."""
     lines = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -56,40 +60,87 @@ def slim_predictions(path: Path) -> bytes:
     return gzip.compress("".join(lines).encode(), mtime=0)
 
 
+def _without_per_user(path: Path, key: str) -> bytes:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise BearrecError(f"{path}: not JSON ({e})") from None
+    if isinstance(data, dict):
+        data.pop(key, None)
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _walk(root: Path):
+    """(folder, file names) below `root`, symlinked folders followed, each real folder once."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield Path(folder), sorted(files)
+
+
 def _kept(rel: Path) -> str | None:
-    """What to do with a file of the run: 'copy', 'slim' (ranked predictions) or None (left out)."""
+    """What to do with a file of the run: 'copy', 'slim' (predictions), 'strip' (per-user key
+    removed) or None (left out)."""
     parts = rel.parts
     if any(p in SKIPPED_DIRS or p.startswith(".") for p in parts[:-1]) or parts[-1].startswith("."):
         return None
     if parts[-1] == "predictions.jsonl":
-        return "slim" if any(p.startswith(RANKED_PREFIXES) for p in parts[:-1]) else None
+        return "slim"
+    if parts[-1] in PER_USER_KEYS:
+        return "strip"
     return "copy" if rel.suffix in KEPT_SUFFIXES else None
 
 
+def _check_destination(run_dir: Path, dest: Path) -> None:
+    run, out = run_dir.resolve(), dest.resolve()
+    if out == run or run in out.parents:
+        raise BearrecError(f"{dest}: inside the run {run_dir}; archive it elsewhere")
+    if out in run.parents:
+        raise BearrecError(f"{dest}: holds the run {run_dir}, and an archive replaces its destination; "
+                           "archive it elsewhere")
+    if dest.exists() and not is_archive(dest) and (not dest.is_dir() or any(dest.iterdir())):
+        raise BearrecError(f"{dest}: exists and is not an archive (no {MARKER}); an archive replaces its "
+                           "destination whole, so give a new or empty folder")
+
+
 def archive_run(run_dir: str | Path, dest: str | Path) -> dict:
-    """Archive one finished run into `dest` (replaced whole if it exists). Returns archived.json's content."""
+    """Archive one finished run into `dest` (an earlier archive there is replaced). Returns
+    archived.json's content."""
     run_dir, dest = Path(run_dir), Path(dest)
     if is_archive(run_dir):
         raise BearrecError(f"{run_dir}: already an archive (it holds {MARKER})")
-    if not is_finished(run_dir):
-        raise BearrecError(f"{run_dir}: not a finished run (no config.yaml and metrics.json); "
-                           "archive it once `bearrec run` has finished")
-    if dest.resolve() == run_dir.resolve() or run_dir.resolve() in dest.resolve().parents:
-        raise BearrecError(f"{dest}: inside the run {run_dir}; archive it elsewhere")
+    missing = [name for name in ("config.yaml", "metrics.json") if not (run_dir / name).exists()]
+    if missing:
+        raise BearrecError(f"{run_dir}: not a finished run (no {' and no '.join(missing)}); archive it once "
+                           "`bearrec run` has finished")
+    _check_destination(run_dir, dest)
     kept, dropped = 0, 0
     with atomic_directory(dest) as tmp:
-        for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
-            rel = path.relative_to(run_dir)
-            action = _kept(rel)
-            if action is None:
-                dropped += path.stat().st_size
-                continue
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            data = slim_predictions(path) if action == "slim" else path.read_bytes()
-            (out.with_name(out.name + ".gz") if action == "slim" else out).write_bytes(data)
-            kept += len(data)
-        info = {"archived_from": str(run_dir), "kept_bytes": kept, "left_out_bytes": dropped}
+        for folder, files in _walk(run_dir):
+            for name in files:
+                path = folder / name
+                rel = path.relative_to(run_dir)
+                action = _kept(rel)
+                if action is None:
+                    dropped += path.stat().st_size
+                    continue
+                out = tmp / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if action == "slim":
+                    data, out = slim_predictions(path), out.with_name(out.name + ".gz")
+                elif action == "strip":
+                    data = _without_per_user(path, PER_USER_KEYS[name])
+                else:
+                    data = path.read_bytes()
+                out.write_bytes(data)
+                kept += len(data)
+                dropped += max(0, path.stat().st_size - len(data)) if action == "strip" else 0
+        info = {"archived_from": str(run_dir.resolve()), "kept_bytes": kept, "left_out_bytes": dropped}
         atomic_write_text(tmp / MARKER, json.dumps(info, indent=1) + "\n")
     return info
 
@@ -103,18 +154,27 @@ def archive_tree(source: str | Path, dest: str | Path) -> tuple[list[Path], list
     if (source / "config.yaml").exists():
         archive_run(source, dest)
         return [source], []
-    done, skipped = [], []
-    for cfg in sorted(source.rglob("config.yaml")):
-        run = cfg.parent
-        rel = run.relative_to(source)
-        if any(p in SKIPPED_DIRS or p.startswith(".") for p in rel.parts) or is_archive(run) \
-                or any((a / "config.yaml").exists() for a in run.parents if source in a.parents):
+    runs, archives = [], 0
+    for folder, files in _walk(source):
+        if "config.yaml" not in files:
+            continue
+        rel = folder.relative_to(source)
+        if any(p in SKIPPED_DIRS or p.startswith(".") for p in rel.parts):
+            continue
+        if any((a / "config.yaml").exists() for a in folder.parents if source in a.parents):
             continue  # a folder inside a run (sprec's iter-N stages are kept by the run's own archive)
+        if is_archive(folder):
+            archives += 1
+            continue
+        runs.append(folder)
+    if not runs:
+        found = f" (only archives: {archives})" if archives else ""
+        raise BearrecError(f"{source}: no run directories (folders with config.yaml) below it{found}")
+    done, skipped = [], []
+    for run in runs:
         if not is_finished(run):
             skipped.append(run)
             continue
-        archive_run(run, dest / rel)
+        archive_run(run, dest / run.relative_to(source))
         done.append(run)
-    if not done and not skipped:
-        raise BearrecError(f"{source}: no run directories (folders with config.yaml) below it")
     return done, skipped

@@ -139,8 +139,15 @@ def read_predictions(folder: Path) -> list[str]:
     in its place (`bearrec.archive`); none when there is neither."""
     if (folder / "predictions.jsonl").exists():
         return (folder / "predictions.jsonl").read_text().splitlines()
-    if (folder / "predictions.jsonl.gz").exists():
-        return gzip.decompress((folder / "predictions.jsonl.gz").read_bytes()).decode().splitlines()
+    packed = folder / "predictions.jsonl.gz"
+    if packed.exists():
+        try:
+            return gzip.decompress(packed.read_bytes()).decode().splitlines()
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise BearrecError(f"{packed}: not a readable gzip of predictions ({e}); is it a Git LFS pointer "
+                               "or cut short? Archive the run again") from None
+    if (folder.parent / "archived.json").exists():
+        raise BearrecError(f"{folder}: an archive without predictions.jsonl.gz; archive the run again")
     return []
 
 

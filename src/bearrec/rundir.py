@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from bearrec.archive import is_archive
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, flatten, from_dict, identity, resolved, to_dict
 from bearrec.errors import BearrecError
@@ -150,6 +151,9 @@ def claim(run_dir: str | Path, cfg: Config, force: bool = False):
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir}: is a file; choose another output_dir")
+    if is_archive(run_dir):
+        raise RunDirectoryError(f"{run_dir}: an archived run (results without weights, `bearrec archive`); "
+                                f"choose another output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:

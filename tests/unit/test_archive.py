@@ -33,6 +33,8 @@ def finished_run(root, name, loss, seed, ranks):
     (run / "eval-valid-epoch-1" / "predictions.jsonl").write_text('{"index": 0, "rank": 1}\n')
     (run / "eval-valid-epoch-1" / "metrics.json").write_text('{"item": {}}')
     (run / ".eval-test.tmp").mkdir()  # a killed write's temporary folder
+    (run / "pruning-test").mkdir()
+    (run / "pruning-test" / "pruning.json").write_text(json.dumps({"PR@10": {"rate": 0.5}, "users": [{"i": 0}] * 50}))
     (run / ".eval-test.tmp" / "metrics.json").write_text("{}")
     return run
 
@@ -42,15 +44,21 @@ def test_an_archive_keeps_results_and_ranks_and_leaves_weights_out(tmp_path):
     info = archive_run(run, tmp_path / "arch")
     files = sorted(str(p.relative_to(tmp_path / "arch")) for p in (tmp_path / "arch").rglob("*") if p.is_file())
     assert files == ["archived.json", "config.yaml", "eval-test/metrics.json", "eval-test/predictions.jsonl.gz",
-                     "eval-valid-epoch-1/metrics.json", "metrics.json", "run.json"]
+                     "eval-valid-epoch-1/metrics.json", "eval-valid-epoch-1/predictions.jsonl.gz", "metrics.json",
+                     "pruning-test/pruning.json", "run.json"]
     ranks = gzip.decompress((tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()).decode()
     assert ranks == '{"index": 0, "rank": 0}\n{"index": 1, "rank": null}\n{"index": 2, "rank": 3}\n'
+    # the aggregates of the pruning analysis stay, its per-user list does not
+    assert json.loads((tmp_path / "arch" / "pruning-test" / "pruning.json").read_text()) == {"PR@10": {"rate": 0.5}}
+    pruning_cut = (run / "pruning-test" / "pruning.json").stat().st_size - len(
+        (tmp_path / "arch" / "pruning-test" / "pruning.json").read_bytes())
     # left out: 5000 + 3000 weights, 2 + 2 bytes of their config.json, 700 (.pt), 300 (png), 4 (log), the
-    # validation predictions (24 bytes) and the temporary folder's metrics (2 bytes)
-    assert info["left_out_bytes"] == 5000 + 3000 + 4 + 700 + 300 + 4 + 24 + 2
-    assert json.loads((tmp_path / "arch" / "archived.json").read_text())["archived_from"] == str(run)
-    # the same run archived again gives the same bytes (no timestamp in the gzip), so git sees no change
+    # temporary folder's metrics (2 bytes) and what the pruning list took
+    assert info["left_out_bytes"] == 5000 + 3000 + 2 + 2 + 700 + 300 + 4 + 2 + pruning_cut and pruning_cut > 0
+    assert json.loads((tmp_path / "arch" / "archived.json").read_text())["archived_from"] == str(run.resolve())
+    # no timestamp in the gzip header (bytes 4-7), so re-archiving an unchanged run changes nothing in git
     first = (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()
+    assert first[4:8] == bytes(4)
     archive_run(run, tmp_path / "arch")
     assert (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes() == first
 
@@ -97,10 +105,48 @@ def test_bad_sources_are_refused_by_name(tmp_path, capsys):
     with pytest.raises(BearrecError, match="not a finished run"):
         archive_run(run, tmp_path / "arch")
     (run / "metrics.json").write_text("{}")
+    archive_run(run, tmp_path / "arch")
+    good = (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()
     (run / "eval-test" / "predictions.jsonl").write_text('{"index": 0, "rank": 0}\n{"index": 1}\n')
     with pytest.raises(BearrecError, match=r"predictions.jsonl, line 2: not a prediction with 'index' and 'rank'"):
         archive_run(run, tmp_path / "arch")
-    assert not (tmp_path / "arch").exists()  # a failed archive leaves nothing behind
+    # a failed archive leaves the earlier one as it was, and no temporary folder
+    assert (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch", "empty", "runs"]
+    (run / "eval-test" / "predictions.jsonl").write_text('{"index": 0, "rank": 0}\n')
+    (run / "config.yaml").rename(run / "config.bak")
+    with pytest.raises(BearrecError, match=r"not a finished run \(no config.yaml\)"):
+        archive_run(run, tmp_path / "arch")
+    (run / "config.bak").rename(run / "config.yaml")
+    with pytest.raises(BearrecError, match="already an archive"):
+        archive_tree(tmp_path / "arch", tmp_path / "arch2")
+    archive_run(run, tmp_path / "archives" / "msl0")
+    with pytest.raises(BearrecError, match=r"no run directories .* \(only archives: 1\)"):
+        archive_tree(tmp_path / "archives", tmp_path / "arch2")
+    (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").write_bytes(b"version https://git-lfs")
+    with pytest.raises(BearrecError, match=r"predictions.jsonl.gz: not a readable gzip"):
+        load_run(tmp_path / "arch")
+
+
+def test_a_destination_that_is_not_an_archive_is_never_replaced(tmp_path):
+    """An archive replaces its destination whole: never a run, a folder holding the run, or other files."""
+    a = finished_run(tmp_path / "runs", "seed=0", "msl", 0, [0])
+    b = finished_run(tmp_path / "runs", "seed=1", "msl", 1, [1])
+    for dest, why in [(b, "is not an archive"), (tmp_path / "runs", "holds the run"), (a / "x", "inside the run")]:
+        with pytest.raises(BearrecError, match=why):
+            archive_run(a, dest)
+    assert (b / "model" / "model.safetensors").exists() and (a / "model" / "model.safetensors").exists()
+    (tmp_path / "empty").mkdir()
+    archive_run(a, tmp_path / "empty")  # an empty folder is fine
+    assert (tmp_path / "empty" / "archived.json").exists()
+
+
+def test_symlinked_folders_are_followed(tmp_path):
+    finished_run(tmp_path / "elsewhere", "seed=0", "msl", 0, [0, None])
+    (tmp_path / "root" / "office").mkdir(parents=True)
+    (tmp_path / "root" / "office" / "msl").symlink_to(tmp_path / "elsewhere")
+    done, _ = archive_tree(tmp_path / "root", tmp_path / "arch")
+    assert len(done) == 1 and load_run(tmp_path / "arch" / "office" / "msl" / "seed=0")["ranks"] == {0: 0, 1: None}
 
 
 def test_an_archive_is_not_a_model(tmp_path, capsys):
@@ -112,3 +158,8 @@ def test_an_archive_is_not_a_model(tmp_path, capsys):
         archive_run(tmp_path / "arch", tmp_path / "arch2")
     assert main(["evaluate", "--model", str(tmp_path / "arch")]) == 2
     assert "an archived run" in capsys.readouterr().err
+    # bearrec run into an archive would rewrite its metrics: refused before anything is written
+    before = {p: p.read_bytes() for p in (tmp_path / "arch").rglob("*") if p.is_file()}
+    assert main(["run", "--config", str(tmp_path / "arch" / "config.yaml"), f"output_dir={tmp_path / 'arch'}"]) == 2
+    assert "an archived run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "arch").rglob("*") if p.is_file()} == before
