@@ -4,6 +4,8 @@ bear chosen on validation only.
 
     python benchmarks/reproduce.py --datasets office,book --seeds 0,1,2,3,4 --jobs 12 --root runs/repro
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
+    python benchmarks/reproduce.py --root runs/repro --report-only --archive docs/results/archive/repro
+    python benchmarks/reproduce.py --root docs/results/archive/repro --report-only   # the same tables, no weights
     # the paper's Table 2 (nine fine-tuning methods and BEAR; D3 is the sft runs decoded with D3's rule):
     python benchmarks/reproduce.py --datasets movielens-1m,office --seeds 0,1,2,3,4 --choose-on-seed 0 \
         --methods sft,msl,bear,d3,cft,d2lr,igd,sdpo,rosepo,sprec --root runs/table2 --pruning-users 0
@@ -300,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/repro")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--report-only", action="store_true", help="only build the tables from finished runs")
+    p.add_argument("--archive", metavar="DIR", help="then archive every finished run of --root into DIR "
+                   "(`bearrec archive`: results without weights; --report-only --root DIR rebuilds the tables)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.epochs=1)")
     args = p.parse_args(argv)
     unknown = [d for d in args.datasets if d not in CONFIGS[args.backbone]]
@@ -320,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {e}", file=sys.stderr)
         decode_missing(args)
     report(args)
+    if args.archive:
+        from bearrec.archive import archive_tree
+
+        done, skipped = archive_tree(args.root, args.archive)
+        print(f"archived {len(done)} finished run(s) of {args.root} into {args.archive}"
+              + (f"; not finished: {', '.join(map(str, skipped))}" if skipped else ""), flush=True)
     if (Path(args.root) / "summary.md").exists():
         print((Path(args.root) / "summary.md").read_text())
     return 0

@@ -106,3 +106,17 @@ def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(repr
     assert [argv[argv.index("--model") + 1] for argv in calls] == [str(tmp_path / "office" / "sft" / f"seed={s}")
                                                                     for s in (0, 1)]
     assert limits == ["24", None] and all("--decoding" in argv for argv in calls)
+
+
+def test_archive_flag_archives_the_finished_runs_of_the_root(reproduce, tmp_path, monkeypatch, capsys):
+    from tests.unit.test_archive import finished_run
+
+    finished_run(tmp_path / "root" / "office" / "msl", "seed=0", "msl", 0, [0, None])
+    (tmp_path / "root" / "office" / "sft" / "seed=0").mkdir(parents=True)
+    (tmp_path / "root" / "office" / "sft" / "seed=0" / "config.yaml").write_text("seed: 0\n")  # cut off
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    assert reproduce.main(["--datasets", "office", "--root", str(tmp_path / "root"), "--report-only",
+                           "--archive", str(tmp_path / "arch")]) == 0
+    out = capsys.readouterr().out
+    assert "archived 1 finished run(s)" in out and "not finished: " in out and "sft/seed=0" in out
+    assert (tmp_path / "arch" / "office" / "msl" / "seed=0" / "eval-test" / "predictions.jsonl.gz").exists()
