@@ -8,9 +8,10 @@ keeps the run's layout with
 - every `.json`, `.yaml` and `.md` file of the run and of its sub-folders, except below `model/` and
   `checkpoints/` (weights and optimiser state) and in the temporary folders of a killed write;
   `pruning.json` without its per-user list (`users`: the aggregates PR@K and violation shares stay);
-- every `predictions.jsonl` (test, validation and reference decodes) cut to `{"index", "rank"}`
-  per user and gzipped (`predictions.jsonl.gz`, which `bearrec.report.load_run` reads like the full
-  file);
+- every `predictions.jsonl` (test, reference and `bearrec evaluate` decodes) cut to `{"index",
+  "rank"}` per user and gzipped (`predictions.jsonl.gz`, which `bearrec.report.load_run` reads like
+  the full file), except those of training's per-epoch validation (`eval-valid-epoch-N/`: their
+  metrics.json stays; the epoch choice is recorded in the run's metrics);
 - `archived.json`: where it came from (absolute path), and how many bytes were left out.
 
 Nothing else (weights, `.pt` caches, plots, logs). The ranks are the ranks as decoded, so a table
@@ -35,6 +36,7 @@ MARKER = "archived.json"
 KEPT_SUFFIXES = (".json", ".yaml", ".md")
 SKIPPED_DIRS = ("model", "checkpoints")
 PER_USER_KEYS = {"pruning.json": "users"}  # file -> per-user key left out of the archive
+EPOCH_DECODES = "eval-valid-epoch-"  # the epoch choice's decodes: metrics.json kept, predictions not
 
 
 def is_archive(path: str | Path) -> bool:
@@ -89,8 +91,8 @@ def _kept(rel: Path) -> str | None:
     parts = rel.parts
     if any(p in SKIPPED_DIRS or p.startswith(".") for p in parts[:-1]) or parts[-1].startswith("."):
         return None
-    if parts[-1] == "predictions.jsonl":
-        return "slim"
+    if parts[-1] == "predictions.jsonl":  # training's per-epoch validation decodes: their metrics only
+        return None if len(parts) > 1 and parts[-2].startswith(EPOCH_DECODES) else "slim"
     if parts[-1] in PER_USER_KEYS:
         return "strip"
     return "copy" if rel.suffix in KEPT_SUFFIXES else None

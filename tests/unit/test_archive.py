@@ -44,7 +44,7 @@ def test_an_archive_keeps_results_and_ranks_and_leaves_weights_out(tmp_path):
     info = archive_run(run, tmp_path / "arch")
     files = sorted(str(p.relative_to(tmp_path / "arch")) for p in (tmp_path / "arch").rglob("*") if p.is_file())
     assert files == ["archived.json", "config.yaml", "eval-test/metrics.json", "eval-test/predictions.jsonl.gz",
-                     "eval-valid-epoch-1/metrics.json", "eval-valid-epoch-1/predictions.jsonl.gz", "metrics.json",
+                     "eval-valid-epoch-1/metrics.json", "metrics.json",
                      "pruning-test/pruning.json", "run.json"]
     ranks = gzip.decompress((tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()).decode()
     assert ranks == '{"index": 0, "rank": 0}\n{"index": 1, "rank": null}\n{"index": 2, "rank": 3}\n'
@@ -53,8 +53,8 @@ def test_an_archive_keeps_results_and_ranks_and_leaves_weights_out(tmp_path):
     pruning_cut = (run / "pruning-test" / "pruning.json").stat().st_size - len(
         (tmp_path / "arch" / "pruning-test" / "pruning.json").read_bytes())
     # left out: 5000 + 3000 weights, 2 + 2 bytes of their config.json, 700 (.pt), 300 (png), 4 (log), the
-    # temporary folder's metrics (2 bytes) and what the pruning list took
-    assert info["left_out_bytes"] == 5000 + 3000 + 2 + 2 + 700 + 300 + 4 + 2 + pruning_cut and pruning_cut > 0
+    # temporary folder's metrics (2 bytes), the epoch's validation predictions (24) and what the pruning list took
+    assert info["left_out_bytes"] == 5000 + 3000 + 2 + 2 + 700 + 300 + 4 + 2 + 24 + pruning_cut and pruning_cut > 0
     assert json.loads((tmp_path / "arch" / "archived.json").read_text())["archived_from"] == str(run.resolve())
     # no timestamp in the gzip header (bytes 4-7), so re-archiving an unchanged run changes nothing in git
     first = (tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()
