@@ -11,7 +11,8 @@ bear chosen on validation only.
         --methods sft,msl,bear,d3,cft,d2lr,igd,sdpo,rosepo,sprec --root runs/table2 --pruning-users 0
 
 Every run is a resumable `bearrec run` (configs/<dataset>-tiny.yaml, or with --backbone smollm2 the
-SmolLM2-135M + LoRA configs, plus the method's overrides), `--jobs` at a time in child processes; a
+SmolLM2-135M + LoRA configs, plus the method's overrides), `--jobs` at a time in child processes (a
+run that starts from its seed's sft run waits for that run only; other runs fill the free slots); a
 run that failed or was cut off is left out of the tables and named. The pruning analysis (PR@K,
 violation share) runs for the seed given by --pruning-seed only (on --pruning-users test users,
 default all). Writes ROOT/summary.md, ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and
@@ -314,12 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {', '.join(sorted(known))}")
     if not args.report_only:
-        for phase in (1, "chosen", 2):
-            if phase == "chosen" and (args.choose_on_seed is None or (args.methods and "bear" not in args.methods)):
-                continue  # no bear choice to make
-            runs = chosen_plan(args) if phase == "chosen" else plan(args, phase)
+        choosing = args.choose_on_seed is not None and (not args.methods or "bear" in args.methods)
+        # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases;
+        # the chosen bear runs join it when the choice was made before (its seed is not run now)
+        first, from_sft = plan(args, 1), plan(args, 2)
+        chosen_now = choosing and args.choose_on_seed not in args.seeds
+        if chosen_now:
+            first += chosen_plan(args)
+        batches = [(first + from_sft, [None] * len(first) + [out.parent.parent / "sft" / out.name for _, out in from_sft])]
+        if choosing and not chosen_now:
+            batches.append(None)  # after the candidates of this call have finished
+        for batch in batches:
+            runs, after = batch if batch is not None else (chosen_plan(args), None)
             try:
-                run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs)
+                run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs, after)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
         decode_missing(args)

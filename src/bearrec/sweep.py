@@ -84,20 +84,37 @@ def sweep(config_path: str | None, grid_specs: list[str], overrides: list[str] =
     return result
 
 
-def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int) -> None:
+def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: list[Path | None] | None = None) -> None:
     """`bearrec COMMAND...` in child processes, `jobs` at a time, each logging to OUT/run.log; CPU
     threads are split between them (OMP_NUM_THREADS, when set, is each child's count instead: several
-    sweeps can share a machine). A failed run does not stop the others; this fails at the end."""
+    sweeps can share a machine). A failed run does not stop the others; this fails at the end.
+    `after[i]`: the output folder of another run of this call that run i starts from (a preference
+    run's sft): run i waits until that one has finished, while later runs fill the free slots; if it
+    failed, run i is not started and counts as failed. A folder outside this call is not waited for."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     env = dict(os.environ, OMP_NUM_THREADS=threads)
-    pending, active, failed = list(zip(commands, outs)), [], []
+    pending = list(zip(commands, outs, after or [None] * len(commands)))
+    active, failed = [], []
+
+    def waiting(dep: Path | None) -> bool:
+        return dep is not None and (any(dep == o for _, o, _ in pending) or any(dep == o for _, o, _ in active))
+
     while pending or active:
-        while pending and len(active) < jobs:
-            argv, out = pending.pop(0)
+        while len(active) < jobs:
+            ready = next((i for i, (_, _, dep) in enumerate(pending) if not waiting(dep)), None)
+            if ready is None:
+                break
+            argv, out, dep = pending.pop(ready)
+            if dep in failed:
+                print(f"FAILED: {out} (not started: {dep}, which it starts from, failed)", flush=True)
+                failed.append(out)
+                continue
             out.mkdir(parents=True, exist_ok=True)
             log = open(out / "run.log", "ab")
             cmd = [sys.executable, "-m", "bearrec", *argv]
             active.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out, log))
+        if not active:  # only runs that wait for each other: cannot happen for runs of distinct folders
+            raise BearrecError("runs wait for each other: " + ", ".join(str(o) for _, o, _ in pending))
         proc, out, log = active[0]
         try:
             proc.wait(timeout=1)

@@ -120,3 +120,46 @@ def test_archive_flag_archives_the_finished_runs_of_the_root(reproduce, tmp_path
     out = capsys.readouterr().out
     assert "archived 1 finished run(s)" in out and "not finished: " in out and "sft/seed=0" in out
     assert (tmp_path / "arch" / "office" / "msl" / "seed=0" / "eval-test" / "predictions.jsonl.gz").exists()
+
+
+def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path, monkeypatch, capsys):
+    """run_parallel's `after`: a run starts once the run it starts from has finished; meanwhile later
+    runs take the free slot; a run whose start failed is not started."""
+    from bearrec import sweep
+    from bearrec.errors import BearrecError
+
+    started = []
+
+    class FakeProcess:  # finishes as soon as it is waited for; a folder named bad-* fails
+        def __init__(self, cmd, **kwargs):
+            self.out = Path(cmd[-1])
+            self.returncode = 1 if self.out.name.startswith("bad") else 0
+            started.append(self.out.name)
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", FakeProcess)
+    a, c, b, d, e = (tmp_path / n for n in ("sft-a", "pref-c", "bad-sft-b", "pref-d", "other-e"))
+    with pytest.raises(BearrecError, match="2 run"):
+        sweep.run_parallel([["run", str(o)] for o in (a, c, b, d, e)], [a, c, b, d, e], jobs=2,
+                           after=[None, a, None, b, None])
+    # a and b fill the two slots (c waits for a); a finishes, c starts; b fails, d is never started, e is
+    assert started == ["sft-a", "bad-sft-b", "pref-c", "other-e"]
+    assert f"FAILED: {d} (not started: {b}, which it starts from, failed)" in capsys.readouterr().out
+    with pytest.raises(BearrecError, match="runs wait for each other"):
+        sweep.run_parallel([["run", str(a)], ["run", str(c)]], [a, c], jobs=2, after=[c, a])
+
+
+def test_one_batch_holds_every_run_of_the_seed_with_the_sft_dependency(reproduce, tmp_path, monkeypatch):
+    _run(tmp_path / "office", "bear-lam1-xi1", 0, 0.2, 0.1)  # the candidate chosen earlier, on seed 0
+    calls = []
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    monkeypatch.setattr(reproduce, "decode_missing", lambda args: None)
+    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sdpo", "--bear-grid", "1:1",
+                           "--choose-on-seed", "0", "--seeds", "1", "--root", str(tmp_path)]) == 0
+    ((outs, after),) = calls
+    names = [str(o.relative_to(tmp_path / "office")) for o in outs]
+    assert names == ["sft/seed=1", "msl/seed=1", "bear-lam1-xi1/seed=1", "sdpo/seed=1"]
+    assert after == [None, None, None, tmp_path / "office" / "sft" / "seed=1"]
