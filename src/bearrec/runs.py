@@ -65,8 +65,12 @@ def load_run(model: str | Path, config: str | Path | None = None, overrides: Seq
 
     run = Path(model)
     if is_archive(run):
+        try:
+            origin = json.loads((run / MARKER).read_text())["archived_from"]
+        except (ValueError, KeyError, TypeError, OSError):
+            origin = f"unknown: {run / MARKER} does not say"
         raise BearrecError(f"{run}: an archived run (its results without weights, `bearrec archive`); "
-                           f"use the run it came from ({json.loads((run / MARKER).read_text())['archived_from']})")
+                           f"use the run it came from ({origin})")
     config_path = config or (run / "config.yaml" if is_run_dir(run) else None)
     cfg = load_config(config_path, list(overrides))
     weights = run / "model" if (run / "model").is_dir() else model
