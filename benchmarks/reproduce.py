@@ -315,22 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {', '.join(sorted(known))}")
     if not args.report_only:
-        choosing = args.choose_on_seed is not None and (not args.methods or "bear" in args.methods)
-        # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases;
-        # the chosen bear runs join it when the choice was made before (its seed is not run now)
-        first, from_sft = plan(args, 1), plan(args, 2)
-        chosen_now = choosing and args.choose_on_seed not in args.seeds
-        if chosen_now:
-            first += chosen_plan(args)
-        batches = [(first + from_sft, [None] * len(first) + [out.parent.parent / "sft" / out.name for _, out in from_sft])]
-        if choosing and not chosen_now:
-            batches.append(None)  # after the candidates of this call have finished
-        for batch in batches:
-            runs, after = batch if batch is not None else (chosen_plan(args), None)
+        def run_batch(runs, after=None):
             try:
                 run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs, after)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
+
+        choosing = args.choose_on_seed is not None and (not args.methods or "bear" in args.methods)
+        chosen_now = choosing and args.choose_on_seed not in args.seeds  # the candidates finished in an earlier call
+        # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases
+        first = plan(args, 1) + (chosen_plan(args) if chosen_now else [])
+        from_sft = plan(args, 2)
+        run_batch(first + from_sft, [None] * len(first) + [out.parent.parent / "sft" / out.name for _, out in from_sft])
+        if choosing and not chosen_now:
+            run_batch(chosen_plan(args))  # after this call's candidates have finished
         decode_missing(args)
     report(args)
     if args.archive:

@@ -35,6 +35,7 @@ from bearrec.errors import BearrecError
 MARKER = "archived.json"
 KEPT_SUFFIXES = (".json", ".yaml", ".md")
 SKIPPED_DIRS = ("model", "checkpoints")
+FINISHED = ("config.yaml", "metrics.json")  # what a finished run holds
 PER_USER_KEYS = {"pruning.json": "users"}  # file -> per-user key left out of the archive
 EPOCH_DECODES = "eval-valid-epoch-"  # the epoch choice's decodes: metrics.json kept, predictions not
 
@@ -44,7 +45,12 @@ def is_archive(path: str | Path) -> bool:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "config.yaml").exists() and (run_dir / "metrics.json").exists()
+    return all((run_dir / name).exists() for name in FINISHED)
+
+
+def _skipped_folder(parts: tuple[str, ...]) -> bool:
+    """A folder path (parts) below weights (model/, checkpoints/) or a hidden/temporary folder."""
+    return any(p in SKIPPED_DIRS or p.startswith(".") for p in parts)
 
 
 def slim_predictions(path: Path) -> bytes:
@@ -89,7 +95,7 @@ def _kept(rel: Path) -> str | None:
     """What to do with a file of the run: 'copy', 'slim' (predictions), 'strip' (per-user key
     removed) or None (left out)."""
     parts = rel.parts
-    if any(p in SKIPPED_DIRS or p.startswith(".") for p in parts[:-1]) or parts[-1].startswith("."):
+    if _skipped_folder(parts[:-1]) or parts[-1].startswith("."):
         return None
     if parts[-1] == "predictions.jsonl":  # training's per-epoch validation decodes: their metrics only
         return None if len(parts) > 1 and parts[-2].startswith(EPOCH_DECODES) else "slim"
@@ -116,7 +122,7 @@ def archive_run(run_dir: str | Path, dest: str | Path) -> dict:
     run_dir, dest = Path(run_dir), Path(dest)
     if is_archive(run_dir):
         raise BearrecError(f"{run_dir}: already an archive (it holds {MARKER})")
-    missing = [name for name in ("config.yaml", "metrics.json") if not (run_dir / name).exists()]
+    missing = [name for name in FINISHED if not (run_dir / name).exists()]
     if missing:
         raise BearrecError(f"{run_dir}: not a finished run (no {' and no '.join(missing)}); archive it once "
                            "`bearrec run` has finished")
@@ -160,8 +166,7 @@ def archive_tree(source: str | Path, dest: str | Path) -> tuple[list[Path], list
     for folder, files in _walk(source):
         if "config.yaml" not in files:
             continue
-        rel = folder.relative_to(source)
-        if any(p in SKIPPED_DIRS or p.startswith(".") for p in rel.parts):
+        if _skipped_folder(folder.relative_to(source).parts):
             continue
         if any((a / "config.yaml").exists() for a in folder.parents if source in a.parents):
             continue  # a folder inside a run (sprec's iter-N stages are kept by the run's own archive)
