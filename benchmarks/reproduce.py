@@ -324,9 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         choosing = args.choose_on_seed is not None and (not args.methods or "bear" in args.methods)
         chosen_now = choosing and args.choose_on_seed not in args.seeds  # the candidates finished in an earlier call
         # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases
+        # or between seeds; seed by seed (the pruning seed first), so that a cut-off leaves whole seeds
         first = plan(args, 1) + (chosen_plan(args) if chosen_now else [])
         from_sft = plan(args, 2)
-        run_batch(first + from_sft, [None] * len(first) + [out.parent.parent / "sft" / out.name for _, out in from_sft])
+        batch = [(*run, None) for run in first] + [(*run, run[1].parent.parent / "sft" / run[1].name) for run in from_sft]
+        order = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
+        batch.sort(key=lambda run: order.index(int(run[1].name.removeprefix("seed="))))
+        run_batch([run[:2] for run in batch], [run[2] for run in batch])
         if choosing and not chosen_now:
             run_batch(chosen_plan(args))  # after this call's candidates have finished
         decode_missing(args)

@@ -163,3 +163,19 @@ def test_one_batch_holds_every_run_of_the_seed_with_the_sft_dependency(reproduce
     names = [str(o.relative_to(tmp_path / "office")) for o in outs]
     assert names == ["sft/seed=1", "msl/seed=1", "bear-lam1-xi1/seed=1", "sdpo/seed=1"]
     assert after == [None, None, None, tmp_path / "office" / "sft" / "seed=1"]
+
+
+def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_from_sft(reproduce, tmp_path,
+                                                                                         monkeypatch):
+    """Several seeds in one call: each seed's runs from sft come right after that seed's own runs (so a
+    free slot takes seed 1's sdpo before seed 2's sft), the pruning seed first."""
+    calls = []
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    monkeypatch.setattr(reproduce, "decode_missing", lambda args: None)
+    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,sdpo", "--seeds", "2,1",
+                           "--pruning-seed", "1", "--root", str(tmp_path)]) == 0
+    ((outs, after),) = calls
+    assert [str(o.relative_to(tmp_path / "office")) for o in outs] == [
+        "sft/seed=1", "msl/seed=1", "sdpo/seed=1", "sft/seed=2", "msl/seed=2", "sdpo/seed=2"]
+    assert after == [None, None, outs[0], None, None, outs[3]]
