@@ -365,6 +365,8 @@ class TrainConfig(Section):
     eval_test: bool = True  # decode the test split with the chosen checkpoint at the end
     test_users: Optional[int] = setting(None, min=1, help="a seeded subset of the test split; null: all users")
     logging_steps: int = setting(10, min=1)
+    save_steps: Optional[int] = setting(None, min=1, help="also checkpoint every N optimiser steps inside an epoch, "
+                                        "so that a killed run resumes there (long epochs); null: at epoch ends only")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # logs in RUN/checkpoints/runs/
 
 

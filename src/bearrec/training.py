@@ -239,6 +239,19 @@ class DivergenceGuard(TrainerCallback):
             raise TrainingDiverged(_diverged(state, "a gradient", "not finite", args.output_dir))
 
 
+class StepCheckpoints(TrainerCallback):
+    """`train.save_steps`: a checkpoint every N optimiser steps besides the epoch ends, so that a run
+    killed inside a long epoch resumes at its last N-step mark (Trainer skips the batches it trained on
+    and restores the RNG states: the same weights as an uninterrupted run)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            control.should_save = True
+
+
 def attention_backends():
     """Context for training: every SDPA backend except cuDNN's. On an H200 (torch 2.11, CUDA 13) its
     backward returned NaN gradients whenever a masked batch was 320 or 448 tokens wide
@@ -377,7 +390,8 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
     selection = EpochSelection(run_dir, encoder, cfg, dataset, valid_idx) if dataset.valid and validate else None
     trainer = BearTrainer(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, trie=encoder.trie, loss_cfg=cfg.loss, target_counts=counts,
-                          callbacks=[DivergenceGuard(), *([selection] if selection else [])])
+                          callbacks=[DivergenceGuard(), *([selection] if selection else []),
+                                     *([StepCheckpoints(t.save_steps)] if t.save_steps else [])])
     if selection:
         selection.trainer = trainer
     with attention_backends():

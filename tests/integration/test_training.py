@@ -198,6 +198,43 @@ def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeyp
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_save_steps_resumes_inside_an_epoch_with_the_same_weights(data_dir, tmp_path, monkeypatch):
+    """train.save_steps=2 (3 steps per epoch): a run killed at step 5 has checkpoint-2 (inside epoch 1),
+    checkpoint-3 (its end) and checkpoint-4 (inside epoch 2), resumes at step 4, trains the last two
+    steps and ends with the uninterrupted run's weights."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    import bearrec.training as training
+
+    common = ["train.epochs=2", "train.eval_test=false", "data.valid_fraction=0"]
+    full = train(_cfg(data_dir, tmp_path / "full", *common))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:  # before step 5's callbacks could ask for a save
+                raise KeyboardInterrupt
+
+    original = training.BearTrainer.__init__
+
+    def with_crash(self, *a, **kw):
+        original(self, *a, **kw)
+        self.add_callback(Crash())
+
+    cfg = _cfg(data_dir, tmp_path / "resumed", *common, "train.save_steps=2")
+    monkeypatch.setattr(training.BearTrainer, "__init__", with_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(training.BearTrainer, "__init__", original)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    train(cfg, resume=True)
+    timing = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())
+    assert timing["resumed"] and timing["epochs_this_process"] == pytest.approx(2 / 3)
+    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "loss.bear.num_beams must be >= 1"),
     ("loss.pref.beta=0", "loss.pref.beta must be > 0"), ("loss.pref.num_negatives=0", "num_negatives must be >= 1"),

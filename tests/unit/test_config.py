@@ -133,3 +133,12 @@ def test_cli_flags_are_made_from_the_declarations(capsys):
     assert overrides_of(args) == ["decode.num_beams=3", "decode.constrained_softmax=false"]
     assert main(["evaluate", "--model", "/nonexistent", "--num-beams", "0"]) == 2
     assert "decode.num_beams must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_save_steps_is_a_positive_count_and_not_part_of_a_runs_identity():
+    from bearrec.config import identity, to_dict
+
+    with pytest.raises(ConfigError, match="train.save_steps must be >= 1, got 0"):
+        load_config(None, ["train.save_steps=0"])
+    a, b = load_config(None, []), load_config(None, ["train.save_steps=50"])
+    assert b.train.save_steps == 50 and identity(to_dict(a)) == identity(to_dict(b))  # where it saves, not what
