@@ -6,6 +6,9 @@ bear chosen on validation only.
     python benchmarks/reproduce.py --root runs/repro --report-only     # tables from the finished runs
     python benchmarks/reproduce.py --root runs/repro --report-only --archive docs/results/archive/repro
     python benchmarks/reproduce.py --root docs/results/archive/repro --report-only   # the same tables, no weights
+    # SmolLM2 on Office, each model decoded both ways (softmax over the valid tokens / the vocabulary):
+    python benchmarks/reproduce.py --backbone smollm2 --datasets office --seeds 0,1,2 --bear-grid 1:1 \
+        --methods sft,msl,bear,sft-valid-softmax,msl-vocab-softmax,bear-vocab-softmax --root runs/sm
     # the paper's Table 2 (nine fine-tuning methods and BEAR; D3 is the sft runs decoded with D3's rule):
     python benchmarks/reproduce.py --datasets movielens-1m,office --seeds 0,1,2,3,4 --choose-on-seed 0 \
         --methods sft,msl,bear,d3,cft,d2lr,igd,sdpo,rosepo,sprec --root runs/table2 --pruning-users 0
@@ -32,6 +35,7 @@ import yaml
 
 from bearrec import methods
 from bearrec.analysis import plot_pruning
+from bearrec.config import load_config
 from bearrec.errors import BearrecError
 from bearrec.report import compare, label_runs, load_run, to_csv, to_markdown
 from bearrec.sweep import run_parallel
@@ -63,9 +67,15 @@ OPTIONAL = {"beam_sim": ["loss.name=beam_sim", "loss.bear.lam=1", "loss.bear.xi=
             "d2lr": ["loss.name=d2lr", "decode.constrained_softmax=false"],
             "igd": ["loss.name=igd", "decode.preset=igd", "decode.igd_alpha=0.2", "decode.constrained_softmax=false",
                     "decode.length_penalty=0"]}
-# decoding-only baselines: the seed's sft run decoded another way, a row of its own (D3: Bao et al. 2024,
-# no length normalisation; `bearrec evaluate --decoding d3` into RUN/eval-test-d3)
-DECODED = {"d3": ("sft", ["--decoding", "d3"], "eval-test-d3")}
+# decoding-only rows: a method's runs decoded another way (`bearrec evaluate` into RUN/<folder>), each a
+# row of its own. D3 (Bao et al. 2024): the sft runs without length normalisation. The *-softmax rows
+# separate the loss from the decoder (issue 17): each model scored with the softmax its runs do not use,
+# over the trie-valid tokens for sft, over the whole vocabulary for msl and bear. Base "bear": every bear-*
+# candidate is decoded, the one chosen on validation is reported.
+DECODED = {"d3": ("sft", ["--decoding", "d3"], "eval-test-d3"),
+           "sft-valid-softmax": ("sft", ["--constrained-softmax"], "eval-test-valid-softmax"),
+           "msl-vocab-softmax": ("msl", ["--no-constrained-softmax"], "eval-test-vocab-softmax"),
+           "bear-vocab-softmax": ("bear", ["--no-constrained-softmax"], "eval-test-vocab-softmax")}
 FROM_SFT = tuple(name for name, m in methods.REGISTRY.items() if "preference" in m.needs or m.from_sft)
 
 
@@ -101,20 +111,38 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
     return runs
 
 
-def decode_missing(args) -> None:
-    """The DECODED rows asked for in --methods: each finished sft run of --seeds decoded that way
-    (skipped where done)."""
-    from bearrec.cli import main as bearrec
-
+def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
+    """(bearrec argv, output folder, run it waits for) for the DECODED rows asked for in --methods: every
+    run of their base method and --seeds that has finished, or that `batch` ((argv, run dir, after)
+    items of this call) will run (then it waits for that run), and has no such decode yet."""
+    planned = {out: argv for argv, out, _ in batch}
+    items = []
     for name, (base, flags, folder) in DECODED.items():
         if not args.methods or name not in args.methods:
             continue
         for dataset in args.datasets:
             for seed in args.seeds:
-                run = Path(args.root) / dataset / base / f"seed={seed}"
-                if (run / "metrics.json").exists() and not (run / folder / "metrics.json").exists():
-                    print(f"decoding {run} with {' '.join(flags)}", flush=True)
-                    bearrec(["evaluate", "--model", str(run), *flags, *_same_test_users(run), "--out", str(run / folder)])
+                for run in _base_runs(Path(args.root) / dataset, base, seed, planned):
+                    if (run / folder / "metrics.json").exists():
+                        continue
+                    if run in planned:
+                        argv = planned[run]  # ["run", "--config", CONFIG, *overrides]
+                        limit = load_config(argv[2], argv[3:]).train.test_users
+                        users = [] if limit is None else ["--limit", str(limit)]
+                    elif (run / "metrics.json").exists():
+                        users = _same_test_users(run)
+                    else:
+                        continue
+                    items.append((["evaluate", "--model", str(run), *flags, *users, "--out", str(run / folder)],
+                                  run / folder, run if run in planned else None))
+    return items
+
+
+def _base_runs(folder: Path, base: str, seed: int, planned) -> list[Path]:
+    """The run dirs of `base` (bear: every bear-* candidate) at `seed`, on disk or planned."""
+    names = {base} if base != "bear" else {p.name for p in folder.glob("bear-*")} | {
+        out.parent.name for out in planned if out.parent.parent == folder and out.parent.name.startswith("bear-")}
+    return [folder / name / f"seed={seed}" for name in sorted(names)]
 
 
 def _same_test_users(run: Path) -> list[str]:
@@ -197,6 +225,8 @@ def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tu
     label = {name: loaded[(str(v[0][0]), v[0][1])]["method"] for name, v in entries.items()}
     pairs = [(label[n], label["msl"]) for n in compared if n != "msl" and "msl" in compared]
     pairs += [(label[n], label[chosen]) for n in compared if n not in ("msl", chosen) and chosen in compared]
+    if "msl-vocab-softmax" in compared:  # the losses under one decoder: the softmax over the vocabulary
+        pairs += [(label[n], label["msl-vocab-softmax"]) for n in ("sft", "bear-vocab-softmax") if n in compared]
     return pairs
 
 
@@ -213,7 +243,8 @@ def report(args) -> dict:
         selection = select_candidate(candidates)
         chosen = max(selection, key=lambda k: selection[k]["valid_ndcg@10"]) if selection else None
         compared = {k: v for k, v in runs.items() if not k.startswith("bear-") or k == chosen}
-        decoded = {name: [(r, folder) for r in runs.get(base, []) if (r / folder / "metrics.json").exists()]
+        decoded = {name: [(r, folder) for r in runs.get(chosen if base == "bear" else base, [])
+                          if (r / folder / "metrics.json").exists()]
                    for name, (base, _, folder) in DECODED.items()}
         compared.update({k: v for k, v in decoded.items() if v})
         table = compare([r for v in compared.values() for r in v], bootstrap_samples=args.bootstrap,
@@ -293,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=lambda s: s.split(","), help="sft,msl,bear,violators (the default) and/or "
                    "beam_sim,dpo,sdpo,sdpo_bear,rosepo,sprec,cft,d2lr,igd,d3 (" + ",".join(FROM_SFT) + " start from the "
                    "seed's sft run, which must be among them or finished; d3 decodes it with D3's rule); bear means "
-                   "every --bear-grid candidate")
+                   "every --bear-grid candidate; sft-valid-softmax, msl-vocab-softmax, bear-vocab-softmax: those "
+                   "runs decoded with the other softmax too (a row each)")
     p.add_argument("--choose-on-seed", type=int, help="run the bear candidates on this seed only, then the one "
                    "chosen on its validation NDCG@10 on the other seeds (default: every candidate on every seed)")
     p.add_argument("--pruning-seed", type=int, default=0, help="the seed whose runs get the pruning analysis")
@@ -315,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {', '.join(sorted(known))}")
     if not args.report_only:
-        def run_batch(runs, after=None):
+        def run_batch(runs):  # (argv, output folder, the run it waits for)
+            if not runs:
+                return
+            logs = [out.with_name(out.name + ".log") if argv[0] == "evaluate" else out / "run.log" for argv, out, _ in runs]
             try:
-                run_parallel([argv for argv, _ in runs], [out for _, out in runs], args.jobs, after)
+                run_parallel([r[0] for r in runs], [r[1] for r in runs], args.jobs, [r[2] for r in runs], logs)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
 
@@ -328,12 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         first = plan(args, 1) + (chosen_plan(args) if chosen_now else [])
         from_sft = plan(args, 2)
         batch = [(*run, None) for run in first] + [(*run, run[1].parent.parent / "sft" / run[1].name) for run in from_sft]
+        batch += decode_plan(args, batch)  # each after the run it decodes
         order = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
-        batch.sort(key=lambda run: order.index(int(run[1].name.removeprefix("seed="))))
-        run_batch([run[:2] for run in batch], [run[2] for run in batch])
+        batch.sort(key=lambda run: order.index(int(next(p for p in run[1].parts if p.startswith("seed="))[5:])))
+        run_batch(batch)
         if choosing and not chosen_now:
-            run_batch(chosen_plan(args))  # after this call's candidates have finished
-        decode_missing(args)
+            run_batch([(*run, None) for run in chosen_plan(args)])  # after this call's candidates have finished
+        run_batch(decode_plan(args))  # the runs of that last batch, and any left undecoded
     report(args)
     if args.archive:
         from bearrec.archive import archive_tree

@@ -84,15 +84,18 @@ def sweep(config_path: str | None, grid_specs: list[str], overrides: list[str] =
     return result
 
 
-def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: list[Path | None] | None = None) -> None:
+def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: list[Path | None] | None = None,
+                 logs: list[Path] | None = None) -> None:
     """`bearrec COMMAND...` in child processes, `jobs` at a time, each logging to OUT/run.log; CPU
     threads are split between them (OMP_NUM_THREADS, when set, is each child's count instead: several
     sweeps can share a machine). A failed run does not stop the others; this fails at the end.
     `after[i]`: the output folder of another run of this call that run i starts from (a preference
     run's sft): run i waits until that one has finished, while later runs fill the free slots; if it
-    failed, run i is not started and counts as failed. A folder outside this call is not waited for."""
+    failed, run i is not started and counts as failed. A folder outside this call is not waited for.
+    `logs[i]`: where run i logs instead (a command that replaces its output folder as a whole)."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     env = dict(os.environ, OMP_NUM_THREADS=threads)
+    log_of = dict(zip(outs, logs or [out / "run.log" for out in outs]))
     pending = list(zip(commands, outs, after or [None] * len(commands)))
     active, failed = [], []
 
@@ -109,8 +112,8 @@ def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: 
                 print(f"FAILED: {out} (not started: {dep}, which it starts from, failed)", flush=True)
                 failed.append(out)
                 continue
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "run.log", "ab")
+            log_of[out].parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_of[out], "ab")
             cmd = [sys.executable, "-m", "bearrec", *argv]
             active.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out, log))
         if not active:  # only runs that wait for each other: cannot happen for runs of distinct folders
@@ -123,11 +126,11 @@ def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: 
             continue
         active.pop(0)
         log.close()
-        print(f"{'finished' if proc.returncode == 0 else 'FAILED'}: {out} (log: {out / 'run.log'})", flush=True)
+        print(f"{'finished' if proc.returncode == 0 else 'FAILED'}: {out} (log: {log_of[out]})", flush=True)
         if proc.returncode != 0:
             failed.append(out)
     if failed:
-        raise BearrecError(f"{len(failed)} run(s) failed; see run.log in: " + ", ".join(map(str, failed)))
+        raise BearrecError(f"{len(failed)} run(s) failed; see their logs: " + ", ".join(str(log_of[o]) for o in failed))
 
 
 def _row(combo: dict[str, str], cfg: Config) -> dict:

@@ -77,7 +77,11 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
                          f"output_dir={root / 'shop' / name / f'seed={seed}'}"]) == 0
     ns = reproduce.argparse.Namespace(datasets=["shop"], methods=["sft", "msl", "bear", "d3"], seeds=[0, 1, 2],
                                       root=str(root), bootstrap=200)
-    reproduce.decode_missing(ns)
+    items = reproduce.decode_plan(ns)
+    assert [after for _, _, after in items] == [None] * 3  # finished runs: nothing to wait for
+    for argv, _, _ in items:
+        assert main(argv) == 0
+    assert reproduce.decode_plan(ns) == []  # decoded once
     for seed in (0, 1, 2):
         m = json.loads((root / "shop" / "sft" / f"seed={seed}" / "eval-test-d3" / "metrics.json").read_text())
         assert (m["preset"], m["length_penalty"], m["constrained_softmax"]) == ("d3", 0.0, False)
@@ -94,18 +98,40 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
     assert (tmp_path / "archive" / "summary.md").read_text() == text.replace(str(root), str(tmp_path / "archive"))
 
 
-def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr("bearrec.cli.main", calls.append)
+def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path):
     for seed, test_users in [(0, 24), (1, None)]:
         run = _run(tmp_path / "office", "sft", seed, 0.1, 0.01)
         (run / "config.yaml").write_text(f"train:\n  test_users: {'null' if test_users is None else test_users}\n")
     ns = reproduce.argparse.Namespace(datasets=["office"], methods=["sft", "d3"], seeds=[0, 1], root=str(tmp_path))
-    reproduce.decode_missing(ns)
+    calls = [argv for argv, _, _ in reproduce.decode_plan(ns)]
     limits = [argv[argv.index("--limit") + 1] if "--limit" in argv else None for argv in calls]
     assert [argv[argv.index("--model") + 1] for argv in calls] == [str(tmp_path / "office" / "sft" / f"seed={s}")
                                                                     for s in (0, 1)]
     assert limits == ["24", None] and all("--decoding" in argv for argv in calls)
+
+
+def test_runs_of_this_call_are_decoded_the_other_way_after_they_finish(reproduce, tmp_path, monkeypatch):
+    """--methods with the *-softmax rows: each sft, msl and bear-* run of the batch gets a decode with
+    the softmax it does not use, on the users its config tests (train.test_users from the run's own
+    config and overrides), waiting for that run; every decode logs beside its folder, not inside it
+    (`bearrec evaluate` replaces the folder)."""
+    calls = []
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append(
+        (argvs, outs, after, logs)))
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sft-valid-softmax,msl-vocab-softmax,"
+                           "bear-vocab-softmax", "--bear-grid", "1:1", "--seeds", "0", "--root", str(tmp_path),
+                           "train.test_users=40"]) == 0
+    ((argvs, outs, after, logs),) = calls  # no second call: the runs have not finished (faked), nothing is left
+    office = tmp_path / "office"
+    runs = [office / m / "seed=0" for m in ("sft", "msl", "bear-lam1-xi1")]
+    assert outs == [*runs, runs[0] / "eval-test-valid-softmax", runs[1] / "eval-test-vocab-softmax",
+                    runs[2] / "eval-test-vocab-softmax"]
+    assert after == [None, None, None, *runs]
+    flags = [a[a.index("--model") + 2:] for a in argvs[3:]]
+    assert flags == [["--constrained-softmax", "--limit", "40", "--out", str(o)] if i == 0 else
+                     ["--no-constrained-softmax", "--limit", "40", "--out", str(o)] for i, o in enumerate(outs[3:])]
+    assert logs[:3] == [r / "run.log" for r in runs] and logs[3] == runs[0] / "eval-test-valid-softmax.log"
 
 
 def test_archive_flag_archives_the_finished_runs_of_the_root(reproduce, tmp_path, monkeypatch, capsys):
@@ -154,9 +180,8 @@ def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path
 def test_one_batch_holds_every_run_of_the_seed_with_the_sft_dependency(reproduce, tmp_path, monkeypatch):
     _run(tmp_path / "office", "bear-lam1-xi1", 0, 0.2, 0.1)  # the candidate chosen earlier, on seed 0
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
-    monkeypatch.setattr(reproduce, "decode_missing", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sdpo", "--bear-grid", "1:1",
                            "--choose-on-seed", "0", "--seeds", "1", "--root", str(tmp_path)]) == 0
     ((outs, after),) = calls
@@ -170,9 +195,8 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
     """Several seeds in one call: each seed's runs from sft come right after that seed's own runs (so a
     free slot takes seed 1's sdpo before seed 2's sft), the pruning seed first."""
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
-    monkeypatch.setattr(reproduce, "decode_missing", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,sdpo", "--seeds", "2,1",
                            "--pruning-seed", "1", "--root", str(tmp_path)]) == 0
     ((outs, after),) = calls
