@@ -1,0 +1,50 @@
+"""How concentrated a run's test recommendations are: whether a model personalises or sends most users
+the same few titles (docs/results.md section 26 reads BEAR's stalled seeds with it).
+
+    python benchmarks/concentration.py runs/released/movielens-1m/{msl,bear-lam4-xi0.25}/seed={0,1}
+
+Per run (its eval-test/predictions.jsonl; archives keep only ranks, so it needs the run itself): the
+test users, the distinct items in all top-K lists, the distinct items ranked first, the share of users
+whose first item is the most common first item, and the mean number of top-K items already in the
+user's history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+
+def concentration(predictions: Path, k: int = 10) -> dict:
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"{predictions}: no predictions")
+    top = [[item[0] for item in r["items"][:k] if item] for r in rows]
+    first = Counter(t[0] for t in top if t)
+    return {"users": len(rows), f"distinct@{k}": len({i for t in top for i in t}), "distinct@1": len(first),
+            "top1_share": first.most_common(1)[0][1] / len(rows) if first else 0.0,
+            f"in_history@{k}": statistics.fmean(sum(i in set(r["history"]) for i in t) for r, t in zip(rows, top))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--k", type=int, default=10)
+    args = p.parse_args(argv)
+    print(f"| run | users | distinct@{args.k} | distinct@1 | most common first item's share | "
+          f"history items in the top {args.k} |\n|---|---|---|---|---|---|")
+    for run in args.runs:
+        path = run / "eval-test" / "predictions.jsonl"
+        if not path.exists():
+            raise SystemExit(f"{path}: missing (a finished run's test predictions; archives keep only ranks)")
+        c = concentration(path, args.k)
+        print(f"| {run} | {c['users']} | {c[f'distinct@{args.k}']} | {c['distinct@1']} | {c['top1_share']:.3f} | "
+              f"{c[f'in_history@{args.k}']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
