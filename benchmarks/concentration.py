@@ -4,9 +4,9 @@ the same few titles (docs/results.md section 26 reads BEAR's stalled seeds with 
     python benchmarks/concentration.py runs/released/movielens-1m/{msl,bear-lam4-xi0.25}/seed={0,1}
 
 Per run (its eval-test/predictions.jsonl; archives keep only ranks, so it needs the run itself): the
-test users, the distinct items in all top-K lists, the distinct items ranked first, the share of users
-whose first item is the most common first item, and the mean number of top-K items already in the
-user's history.
+test users, the distinct titles in all top-K lists, the distinct titles ranked first, the share of users
+whose first title is the most common first title, and the mean number of top-K titles one of whose
+item ids is already in the user's history.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ def concentration(predictions: Path, k: int = 10) -> dict:
     rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
     if not rows:
         raise SystemExit(f"{predictions}: no predictions")
-    top = [[item[0] for item in r["items"][:k] if item] for r in rows]
+    top = [[tuple(item) for item in r["items"][:k] if item] for r in rows]  # a title: the item ids sharing it
     first = Counter(t[0] for t in top if t)
+    history = [set(r["history"]) for r in rows]
     return {"users": len(rows), f"distinct@{k}": len({i for t in top for i in t}), "distinct@1": len(first),
             "top1_share": first.most_common(1)[0][1] / len(rows) if first else 0.0,
-            f"in_history@{k}": statistics.fmean(sum(i in set(r["history"]) for i in t) for r, t in zip(rows, top))}
+            f"in_history@{k}": statistics.fmean(sum(any(i in h for i in title) for title in t)
+                                                for h, t in zip(history, top))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
-    print(f"| run | users | distinct@{args.k} | distinct@1 | most common first item's share | "
-          f"history items in the top {args.k} |\n|---|---|---|---|---|---|")
+    print(f"| run | users | distinct titles in the top {args.k} | distinct first titles | most common first title's share | "
+          f"history titles in the top {args.k} |\n|---|---|---|---|---|---|")
     for run in args.runs:
         path = run / "eval-test" / "predictions.jsonl"
         if not path.exists():

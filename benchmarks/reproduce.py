@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         batch = [(*run, None) for run in first] + [(*run, run[1].parent.parent / "sft" / run[1].name) for run in from_sft]
         batch += decode_plan(args, batch)  # each after the run it decodes
         order = sorted(args.seeds, key=lambda s: s != args.pruning_seed)
-        batch.sort(key=lambda run: order.index(int(next(p for p in run[1].parts if p.startswith("seed="))[5:])))
+        # ROOT/dataset/method/seed=N[/eval folder]
+        batch.sort(key=lambda run: order.index(int(run[1].relative_to(args.root).parts[2].removeprefix("seed="))))
         run_batch(batch)
         if choosing and not chosen_now:
             run_batch([(*run, None) for run in chosen_plan(args)])  # after this call's candidates have finished

@@ -130,7 +130,8 @@ def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: 
         if proc.returncode != 0:
             failed.append(out)
     if failed:
-        raise BearrecError(f"{len(failed)} run(s) failed; see their logs: " + ", ".join(str(log_of[o]) for o in failed))
+        raise BearrecError(f"{len(failed)} run(s) failed; see their logs: " + ", ".join(
+            str(log_of[o]) if log_of[o].exists() else f"{o} (not started)" for o in failed))
 
 
 def _row(combo: dict[str, str], cfg: Config) -> dict:

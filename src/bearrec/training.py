@@ -242,13 +242,16 @@ class DivergenceGuard(TrainerCallback):
 class StepCheckpoints(TrainerCallback):
     """`train.save_steps`: a checkpoint every N optimiser steps besides the epoch ends, so that a run
     killed inside a long epoch resumes at its last N-step mark (Trainer skips the batches it trained on
-    and restores the RNG states: the same weights as an uninterrupted run)."""
+    and restores the RNG states: the same weights as an uninterrupted run). Never at an epoch's last
+    step: that one is saved after the epoch's validation (`EpochSelection`), and one saved before it
+    would let a run killed during that validation resume past the epoch without ever choosing it."""
 
     def __init__(self, every: int):
         self.every = every
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0:
+        inside_epoch = abs(state.epoch - round(state.epoch)) > 1e-9  # state.epoch is k + step / steps
+        if state.global_step % self.every == 0 and inside_epoch:
             control.should_save = True
 
 

@@ -235,6 +235,43 @@ def test_save_steps_resumes_inside_an_epoch_with_the_same_weights(data_dir, tmp_
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.parametrize("at", ["epoch_end", "inside"])
+def test_a_run_killed_in_an_epochs_validation_still_chooses_among_every_epoch(data_dir, tmp_path, monkeypatch, at):
+    """train.save_steps with validation: killed while epoch 1 is being validated, the run resumes before
+    that epoch's end (from the start, or from the step checkpoint inside it), validates epoch 1 and
+    epoch 2, and chooses as the uninterrupted run did, with the same weights. A step checkpoint on
+    the epoch's last step (save_steps = steps per epoch) would have resumed past epoch 1 unvalidated."""
+    from transformers import AutoModelForCausalLM
+
+    import bearrec.training as training
+
+    common = ["train.epochs=2", "train.eval_test=false"]
+    full = train(_cfg(data_dir, tmp_path / "full", *common))
+    steps = json.loads((full / "train_metrics.json").read_text())["global_steps"] // 2
+    assert steps >= 2
+    every = steps if at == "epoch_end" else steps - 1
+    original = training.EpochSelection.on_epoch_end
+
+    def killed(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    cfg = _cfg(data_dir, tmp_path / "resumed", *common, f"train.save_steps={every}")
+    monkeypatch.setattr(training.EpochSelection, "on_epoch_end", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(training.EpochSelection, "on_epoch_end", original)
+    saved = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-*"))
+    assert saved == ([] if at == "epoch_end" else [f"checkpoint-{every}"])
+    train(cfg, resume=True)
+    record = json.loads((tmp_path / "resumed" / "selection.json").read_text())
+    expected = json.loads((full / "selection.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert record["best"] == expected["best"]
+    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("loss.name=ppo", "loss.name 'ppo' unknown"), ("loss.bear.num_beams=0", "loss.bear.num_beams must be >= 1"),
     ("loss.pref.beta=0", "loss.pref.beta must be > 0"), ("loss.pref.num_negatives=0", "num_negatives must be >= 1"),

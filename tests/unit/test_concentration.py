@@ -18,19 +18,20 @@ def concentration():
 
 
 def test_counts_by_hand(concentration, tmp_path, capsys):
-    # three users, top-2 lists: [5, 6], [5, 7], [8, 5]; histories hold 6, nothing, 5 and 8
+    # three users, top-2 lists: [5, 6], [5, 7|17], [8, 5] (7 and 17 share a title); histories hold 6,
+    # 17 (the second id of a title), 5 and 8
     rows = [{"history": [1, 6], "items": [[5], [6], [9]]},
-            {"history": [2], "items": [[5], [7]]},
+            {"history": [17], "items": [[5], [7, 17]]},
             {"history": [5, 8], "items": [[8], [5]]}]
     run = tmp_path / "run"
     (run / "eval-test").mkdir(parents=True)
     (run / "eval-test" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = concentration.concentration(run / "eval-test" / "predictions.jsonl", k=2)
     # distinct in the top 2: {5, 6, 7, 8}; first items 5, 5, 8: two distinct, 5 first for 2 of 3 users;
-    # history items in the top 2: 1 (6), 0, 2 (8 and 5): mean 1
+    # history titles in the top 2: 1 (6), 1 (7|17), 2 (8 and 5): mean 4 / 3
     assert c == {"users": 3, "distinct@2": 4, "distinct@1": 2, "top1_share": pytest.approx(2 / 3),
-                 "in_history@2": pytest.approx(1.0)}
+                 "in_history@2": pytest.approx(4 / 3)}
     assert concentration.main([str(run), "--k", "2"]) == 0
-    assert f"| {run} | 3 | 4 | 2 | 0.667 | 1.00 |" in capsys.readouterr().out
+    assert f"| {run} | 3 | 4 | 2 | 0.667 | 1.33 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="missing"):
         concentration.main([str(tmp_path / "nowhere")])
