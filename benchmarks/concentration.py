@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
-    print(f"| run | users | distinct titles in the top {args.k} | distinct first titles | most common first title's share | "
-          f"history titles in the top {args.k} |\n|---|---|---|---|---|---|")
+    print(f"| run | users | distinct titles in the top {args.k} | distinct first titles | most common first "
+          f"title's share | history titles in the top {args.k} |\n|---|---|---|---|---|---|")
     for run in args.runs:
         path = run / "eval-test" / "predictions.jsonl"
         if not path.exists():
