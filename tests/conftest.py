@@ -42,6 +42,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("BEARREC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (they are not a package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def needs_shared_data(name: str):
     return pytest.mark.skipif(not (SHARED_DATA / name).is_dir(), reason=f"{SHARED_DATA / name} not present")
 

@@ -1,20 +1,15 @@
 """benchmarks/concentration.py on a hand-made predictions file."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "concentration.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def concentration():
-    spec = importlib.util.spec_from_file_location("concentration", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("concentration")
 
 
 def test_counts_by_hand(concentration, tmp_path, capsys):

@@ -1,20 +1,17 @@
 """benchmarks/reproduce.py: lambda/xi candidates are compared on the seeds all of them finished."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
+from tests.conftest import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reproduce")
 
 
 def _run(root: Path, name: str, seed: int, valid: float, test: float) -> Path:
