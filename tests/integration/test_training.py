@@ -3,6 +3,7 @@ loss going down, epoch selection on validation, resume, and bad configs."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,16 +170,15 @@ def test_beam_sim_trains_and_reduces_to_its_base_at_lambda_zero(tmp_path):
     assert reg[0] != pytest.approx(msl[0], abs=1e-4) and all(map(math.isfinite, reg))
 
 
-def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, TrainerCallback
+def _crash_at_step(monkeypatch, cfg, step: int) -> None:
+    """Train `cfg` until a KeyboardInterrupt at the end of optimiser step `step` (before Trainer saves)."""
+    from transformers import TrainerCallback
 
     import bearrec.training as training
 
-    full = train(_cfg(data_dir, tmp_path / "full", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0"))
-
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 5:  # mid-epoch 3 (2 steps per epoch)
+            if state.global_step == step:
                 raise KeyboardInterrupt
 
     original = training.BearTrainer.__init__
@@ -187,52 +187,42 @@ def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeyp
         original(self, *a, **kw)
         self.add_callback(Crash())
 
-    cfg = _cfg(data_dir, tmp_path / "resumed", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0")
     monkeypatch.setattr(training.BearTrainer, "__init__", with_crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     monkeypatch.setattr(training.BearTrainer, "__init__", original)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    from transformers import AutoModelForCausalLM
+
+    x = AutoModelForCausalLM.from_pretrained(a / "model").state_dict()
+    y = AutoModelForCausalLM.from_pretrained(b / "model").state_dict()
+    return all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+
+
+def test_resume_after_a_crash_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
+    full = train(_cfg(data_dir, tmp_path / "full", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0"))
+    cfg = _cfg(data_dir, tmp_path / "resumed", "train.epochs=3", "train.eval_test=false", "data.valid_fraction=0")
+    _crash_at_step(monkeypatch, cfg, 5)  # mid-epoch 3 (2 steps per epoch)
     train(cfg, resume=True)
-    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert _same_weights(full, tmp_path / "resumed")
 
 
 def test_save_steps_resumes_inside_an_epoch_with_the_same_weights(data_dir, tmp_path, monkeypatch):
     """train.save_steps=2 (3 steps per epoch): a run killed at step 5 has checkpoint-2 (inside epoch 1),
     checkpoint-3 (its end) and checkpoint-4 (inside epoch 2), resumes at step 4, trains the last two
     steps and ends with the uninterrupted run's weights."""
-    from transformers import AutoModelForCausalLM, TrainerCallback
-
-    import bearrec.training as training
-
     common = ["train.epochs=2", "train.eval_test=false", "data.valid_fraction=0"]
     full = train(_cfg(data_dir, tmp_path / "full", *common))
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 5:  # before step 5's callbacks could ask for a save
-                raise KeyboardInterrupt
-
-    original = training.BearTrainer.__init__
-
-    def with_crash(self, *a, **kw):
-        original(self, *a, **kw)
-        self.add_callback(Crash())
-
     cfg = _cfg(data_dir, tmp_path / "resumed", *common, "train.save_steps=2")
-    monkeypatch.setattr(training.BearTrainer, "__init__", with_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(training.BearTrainer, "__init__", original)
+    _crash_at_step(monkeypatch, cfg, 5)  # before step 5's callbacks could ask for a save
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-2", "checkpoint-3", "checkpoint-4"]
     train(cfg, resume=True)
     timing = json.loads((tmp_path / "resumed" / "train_metrics.json").read_text())
     assert timing["resumed"] and timing["epochs_this_process"] == pytest.approx(2 / 3)
-    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert _same_weights(full, tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("at", ["epoch_end", "inside"])
@@ -241,8 +231,6 @@ def test_a_run_killed_in_an_epochs_validation_still_chooses_among_every_epoch(da
     that epoch's end (from the start, or from the step checkpoint inside it), validates epoch 1 and
     epoch 2, and chooses as the uninterrupted run did, with the same weights. A step checkpoint on
     the epoch's last step (save_steps = steps per epoch) would have resumed past epoch 1 unvalidated."""
-    from transformers import AutoModelForCausalLM
-
     import bearrec.training as training
 
     common = ["train.epochs=2", "train.eval_test=false"]
@@ -267,9 +255,7 @@ def test_a_run_killed_in_an_epochs_validation_still_chooses_among_every_epoch(da
     expected = json.loads((full / "selection.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2]
     assert record["best"] == expected["best"]
-    a = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "model").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert _same_weights(full, tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("override, fragment", [
