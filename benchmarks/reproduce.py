@@ -123,16 +123,10 @@ def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
         for dataset in args.datasets:
             for seed in args.seeds:
                 for run in _base_runs(Path(args.root) / dataset, base, seed, planned):
-                    if (run / folder / "metrics.json").exists():
+                    if (run / folder / "metrics.json").exists() or not (
+                            run in planned or (run / "metrics.json").exists()):
                         continue
-                    if run in planned:
-                        argv = planned[run]  # ["run", "--config", CONFIG, *overrides]
-                        limit = load_config(argv[2], argv[3:]).train.test_users
-                        users = [] if limit is None else ["--limit", str(limit)]
-                    elif (run / "metrics.json").exists():
-                        users = _same_test_users(run)
-                    else:
-                        continue
+                    users = _same_test_users(run, planned.get(run))
                     items.append((["evaluate", "--model", str(run), *flags, *users, "--out", str(run / folder)],
                                   run / folder, run if run in planned else None))
     return items
@@ -145,10 +139,13 @@ def _base_runs(folder: Path, base: str, seed: int, planned) -> list[Path]:
     return [folder / name / f"seed={seed}" for name in sorted(names)]
 
 
-def _same_test_users(run: Path) -> list[str]:
+def _same_test_users(run: Path, argv: list[str] | None = None) -> list[str]:
     """`--limit N` when the run was tested on a seeded subset of N users (train.test_users), so that
-    its other decodings are of the same users; nothing (the whole split) otherwise."""
-    limit = yaml.safe_load((run / "config.yaml").read_text())["train"].get("test_users")
+    its other decodings are of the same users; nothing (the whole split) otherwise. `argv`: the
+    `bearrec run` argv of a run this call has yet to finish (["run", "--config", CONFIG, *overrides]),
+    read instead of its config.yaml."""
+    limit = (load_config(argv[2], argv[3:]).train.test_users if argv else
+             yaml.safe_load((run / "config.yaml").read_text())["train"].get("test_users"))
     return [] if limit is None else ["--limit", str(limit)]
 
 
