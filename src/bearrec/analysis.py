@@ -24,7 +24,7 @@ from bearrec import ragged
 from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
 from bearrec.decoding import Prefilled
-from bearrec.evaluation import Recommender
+from bearrec.evaluation import Recommendation, Recommender
 from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
 
@@ -122,14 +122,22 @@ def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[in
 
 
 def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), progress: bool = True,
-            exact_ranks: bool = False) -> dict:
+            exact_ranks: bool = False, recommendations: list[Recommendation] | None = None) -> dict:
     """PR@K and violations for the users `indices` of `examples`. A user's `overall_rank` is exact
     below max(ks) and max(ks) otherwise, which is all PR@K needs (`exact_ranks`: every title scored
-    for every user, many times slower)."""
+    for every user, many times slower). `violation` is checked only where PR@K counts it (the
+    target pruned and ranked below max(ks)); None elsewhere. `recommendations`: what beam search
+    returned for these users, in the order of `indices` (e.g. the run's own test evaluation,
+    `evaluation.stored_recommendations`); None: decoded here."""
     enc, decode = recommender.encoder, recommender.decode
     cap = None if exact_ranks else max(ks)
     model, trie = recommender.model, enc.trie
-    recs = recommender.recommend([examples[i].history for i in indices], progress=progress)
+    if recommendations is None:
+        recs = recommender.recommend([examples[i].history for i in indices], progress=progress)
+    elif len(recommendations) != len(indices):
+        raise ValueError(f"{len(recommendations)} recommendations for {len(indices)} users")
+    else:
+        recs = recommendations
     users = []
     for i, rec in tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress):
         example = examples[i]
@@ -139,7 +147,8 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         returned = [trie.item_paths[items[0]] for items in rec.items]
         with recommender.autocast():
             rank = overall_rank(model, trie, prompt, path, decode.constrained_softmax, returned, cap)
-            violation = violates_condition(model, trie, prompt, path, decode.num_beams) if pruned else None
+            counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads
+            violation = violates_condition(model, trie, prompt, path, decode.num_beams) if counted else None
         users.append({"index": i, "overall_rank": rank, "pruned": pruned, "violation": violation})
     return {**summarize_pruning(users, ks, decode), "rank_cap": cap}
 

@@ -49,14 +49,16 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
 
 def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     from bearrec.analysis import analyze, plot_pruning, write_pruning
-    from bearrec.evaluation import seeded_subset
-
+    from bearrec.evaluation import seeded_subset, stored_recommendations
     from bearrec.runs import load_run
 
     loaded = load_run(run_dir)
     dataset, recommender = loaded.dataset, loaded.recommender
     indices = seeded_subset(len(dataset.test), cfg.analysis.pruning_users)
-    result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress)
+    # the test evaluation's own beams where it decoded these users (same model and decoding): PR@K
+    # then reads exactly the lists the metrics scored, and the split is not decoded a second time
+    stored = stored_recommendations(run_dir / "eval-test", indices, recommender.decode)
+    result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress, recommendations=stored)
     write_pruning(run_dir / "pruning-test", result)
     plot_pruning({run_dir.name: result}, run_dir / "pruning-test" / "pruning.png", ks=cfg.analysis.ks)
 

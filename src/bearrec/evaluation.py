@@ -141,6 +141,29 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
             "title": summarize([p["title_rank"] for p in preds], ks)}
 
 
+DECODING_KEYS = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha", "preset")
+
+
+def stored_recommendations(folder: str | Path, indices: list[int], decode: DecodeConfig) -> list[Recommendation] | None:
+    """The recommendations an evaluation folder (`write_outputs`) holds for the users `indices`, in
+    that order, when its metrics say it decoded as `decode` does (beams, softmax, length penalty,
+    ghost threshold, IGD alpha, preset); None when the folder is missing or unreadable, decoded
+    otherwise, or lacks one of the users."""
+    folder = Path(folder)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        lines = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        if not isinstance(metrics, dict) or any(metrics.get(k, "missing") != getattr(decode, k) for k in DECODING_KEYS):
+            return None
+        records = {p["index"]: p for p in map(json.loads, lines)}
+        if any(i not in records for i in indices):
+            return None
+        return [Recommendation(list(records[i]["titles"]), [tuple(items) for items in records[i]["items"]],
+                               list(records[i]["scores"])) for i in indices]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_outputs(out_dir: str | Path, preds: list[dict], metrics: dict) -> None:
     """`predictions.jsonl` and `metrics.json` replace the folder's old pair together (one folder
     rename), so a killed process never leaves new predictions beside old metrics. A folder holding

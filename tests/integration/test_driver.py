@@ -36,10 +36,22 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     assert metrics["references"]["rows"]["popularity"]["users"] == 2 and "## Beside reference points" in report
     assert "most popular training targets" in printed and not (out / "ref-zero_shot").exists()
 
+    # the pruning step read the test evaluation's beams (same users, same decoding): a rerun of it
+    # decodes nothing and gives the same result; a pruned target is one the test lists lack
     import bearrec.training as training
+    from bearrec.config import load_config
+    from bearrec.driver import _pruning
+    from bearrec.evaluation import Recommender
 
     def fail(*a, **k):
         raise AssertionError("a finished step ran again")
+
+    first = json.loads((out / "pruning-test" / "pruning.json").read_text())
+    monkeypatch.setattr(Recommender, "recommend", fail)
+    _pruning(load_config(out / "config.yaml"), out, progress=False)
+    assert json.loads((out / "pruning-test" / "pruning.json").read_text()) == first
+    ranks = {p["index"]: p["rank"] for p in map(json.loads, (out / "eval-test" / "predictions.jsonl").open())}
+    assert [u["pruned"] for u in first["users"]] == [ranks[u["index"]] is None for u in first["users"]]
 
     monkeypatch.setattr(training, "train", fail)
     assert main(argv) == 0  # everything done: only the report is rewritten

@@ -113,7 +113,8 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
         path = tuple(enc.target_ids(e.target))
         rank = sum(s > exact[path] + 1e-6 for s in exact.values())
         pruned = not any(e.target in items for items in ranked.items)
-        violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned else None
+        # checked only where PR@K reads it: pruned, and ranked below the largest K
+        violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned and rank < 5 else None
         expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
     assert uncapped["users"] == expected_users and uncapped["rank_cap"] is None
     assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5)} for u in expected_users]
@@ -121,6 +122,33 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
     assert any(u["overall_rank"] > 5 for u in expected_users)  # the cap was exercised
     assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
     assert result["PR@5"]["eligible"] > 0
+    assert any(u["pruned"] and u["overall_rank"] >= 5 and u["violation"] is None for u in expected_users)
+    assert any(u["violation"] is not None for u in expected_users)
+
+
+def test_given_recommendations_are_used_instead_of_decoding(setup, monkeypatch):
+    """The beams passed in (the run's own test evaluation) give the result a fresh decode gives, and
+    nothing is decoded; a count that does not match the users is refused."""
+    model, enc = setup
+    rng = random.Random(4)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(12)]
+    rec = Recommender(model, enc, DecodeConfig(num_beams=2, batch_size=4))
+    indices = [1, 4, 5, 9]
+    fresh = analyze(rec, examples, indices, ks=(1, 3), progress=False)
+    given = rec.recommend([examples[i].history for i in indices])
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded although the recommendations were given")
+
+    monkeypatch.setattr(Recommender, "recommend", no_decoding)
+    assert analyze(rec, examples, indices, ks=(1, 3), progress=False, recommendations=given) == fresh
+    with pytest.raises(ValueError, match="3 recommendations for 4 users"):
+        analyze(rec, examples, indices, ks=(1, 3), progress=False, recommendations=given[:3])
+    # a stored "other" beam: the target returned at rank 1 is not pruned, whatever the model ranks
+    target_title = enc.catalogue.title(examples[1].target)
+    hit = [type(given[0])([target_title], [(examples[1].target,)], [0.0]), *given[1:]]
+    assert not analyze(rec, examples, indices, ks=(1, 3), progress=False, recommendations=hit)["users"][0]["pruned"]
 
 
 @pytest.mark.parametrize("constrained", [True, False])
@@ -152,3 +180,30 @@ def test_plot_writes_a_png(tmp_path):
     r = summarize_pruning(users, (5, 10), DecodeConfig())
     plot_pruning({"msl": r, "bear": r}, tmp_path / "pruning.png")
     assert (tmp_path / "pruning.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stored_recommendations_read_back_an_evaluation_only_when_it_decoded_alike(setup, tmp_path):
+    from bearrec.evaluation import evaluate, stored_recommendations, write_outputs
+
+    model, enc = setup
+    rng = random.Random(6)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(8)]
+    decode = DecodeConfig(num_beams=3, batch_size=4)
+    rec = Recommender(model, enc, decode)
+    preds, metrics = evaluate(rec, examples, [0, 2, 5, 7], progress=False)
+    folder = tmp_path / "eval-test"
+    write_outputs(folder, preds, metrics)
+    got = stored_recommendations(folder, [7, 2], decode)
+    assert got == rec.recommend([examples[7].history, examples[2].history])  # titles, item tuples, scores
+    assert stored_recommendations(folder, [], decode) == []
+    assert stored_recommendations(folder, [2, 3], decode) is None  # user 3 was not evaluated
+    for other in (DecodeConfig(num_beams=2, batch_size=4), DecodeConfig(num_beams=3, constrained_softmax=False),
+                  DecodeConfig(num_beams=3, length_penalty=0.5), DecodeConfig(num_beams=3, ghost_threshold=0.5),
+                  DecodeConfig(num_beams=3, igd_alpha=0.1)):
+        assert stored_recommendations(folder, [2], other) is None
+    assert stored_recommendations(tmp_path / "absent", [2], decode) is None
+    (folder / "predictions.jsonl").write_text('{"index": 2, "titles": ["Ink"]}\n')  # no items: not usable
+    assert stored_recommendations(folder, [2], decode) is None
+    (folder / "predictions.jsonl").write_text("not json\n")
+    assert stored_recommendations(folder, [2], decode) is None
