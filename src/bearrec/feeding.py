@@ -148,14 +148,43 @@ class Prefilled:
         self.prompt_len = common + rest
         self.state = states
 
-    def _feed_packed(self, rows, counts, tokens, positions, keep: int = 1) -> torch.Tensor:
-        """Forward the planned feed; the states of each fed row's last `keep` tokens (row-major)."""
-        last = ((ragged.segment_starts(counts) + counts - keep)[:, None] + torch.arange(keep)).reshape(-1)
+    def _feed_packed(self, rows, counts, tokens, positions, keep: int | None = 1) -> torch.Tensor:
+        """Forward the planned feed; the states of each fed row's last `keep` tokens (row-major;
+        None: of every token fed)."""
+        if keep is None:
+            last = torch.arange(len(tokens))
+        else:
+            last = ((ragged.segment_starts(counts) + counts - keep)[:, None] + torch.arange(keep)).reshape(-1)
         ids, pos, keep = to_device(self.device, tokens[None], positions[None], last)
         attn = torch.zeros((1, 1, 1, 1), device=self.device)  # 4-D: the model skips mask building; unused
         with prefix_attention.active(self.model, self.cache):
             state, _ = self.scorer.forward(ids, attn, pos, self.cache, keep=keep)
         return state
+
+    def feed_sequences(self, sequences: list[list[int]]) -> None:
+        """Score whole token sequences after the one prompt in one forward (shared-prefix cache only):
+        each sequence becomes a row fed all its tokens but the last; `state` then holds, row-major,
+        the state before each token of each sequence (the prompt's last state, then the state after
+        each fed token), so `child_log_probs` can score every token of every sequence at once."""
+        if not self.shared or len(self.prompt_len) != 1 or len(self.cache.length) != 1:
+            raise ValueError("feed_sequences needs the shared-prefix cache and one prompt, nothing generated")
+        if not sequences or any(len(s) == 0 for s in sequences):
+            raise ValueError("every sequence needs at least one token")
+        fed = torch.tensor([len(s) - 1 for s in sequences])
+        prompt_state = self.state[:1]
+        self.cache.reorder(torch.zeros(len(sequences), dtype=torch.long))
+        need = torch.nonzero(fed > 0).flatten()
+        states = prompt_state[:0]
+        if len(need):
+            counts = fed[need]
+            tokens = torch.tensor([t for i in need.tolist() for t in sequences[i][:-1]])
+            cols = self.cache.plan(need, counts, self.device)
+            states = self._feed_packed(need, counts, tokens, self.prompt_len[0] + cols, keep=None)
+        starts = torch.zeros(len(sequences), dtype=torch.long)
+        starts[need] = ragged.segment_starts(fed[need])
+        own = [[len(states)] + list(range(int(b), int(b) + int(n))) for b, n in zip(starts, fed)]
+        index = torch.tensor([i for row in own for i in row])
+        self.state = torch.cat([states, prompt_state])[to_device(self.device, index)[0]]
 
     def attention(self):
         """Context in which `advance` must run (routes attention to the shared-prefix kernel)."""

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from bearrec.analysis import (analyze, overall_rank, plot_pruning, score_all_titles, summarize_pruning, titles_above,
-                              violates_condition)
+from bearrec.analysis import (analyze, overall_rank, plot_pruning, score_all_titles, score_paths, summarize_pruning,
+                              titles_above, violates_condition)
 from bearrec.config import DecodeConfig, PromptConfig, TinyModelConfig
 from bearrec.data.catalogue import Catalogue, Example
 from bearrec.data.encode import Encoder
@@ -57,6 +57,29 @@ def test_all_title_scores_equal_exhaustive_teacher_forcing(setup, constrained):
         assert len(got) == len(exact) == 15
         for path, score in exact.items():
             assert got[enc.trie.node_of(path)] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_scores_of_given_titles_equal_exhaustive_teacher_forcing(setup, constrained, shared, monkeypatch):
+    """Whole paths fed in one forward (shared-prefix cache) or walked level by level (an architecture
+    without it): every asked title's log-probability as teacher forcing gives it, duplicates once."""
+    import bearrec.feeding as feeding
+
+    model, enc = setup
+    if not shared:
+        monkeypatch.setattr(feeding.prefix_attention, "supports", lambda m: False)
+    rng = random.Random(8)
+    paths = sorted(set(enc.trie.item_paths.values()))
+    for history in ([1, 2], [5], [9, 10, 3]):
+        prompt = enc.prompt_ids(history)
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained, length_penalty=0.0)
+        asked = rng.sample(paths, 6)
+        got = score_paths(model, enc.trie, prompt, [*asked, asked[0]], constrained)
+        assert {enc.trie.node_of(p) for p in asked} <= set(got)
+        for node, score in got.items():  # the walk also returns titles ending on its way: exact too
+            assert score == pytest.approx(next(v for p, v in exact.items() if enc.trie.node_of(p) == node), abs=1e-4)
+    assert score_paths(model, enc.trie, prompt, [], constrained) == {}
 
 
 @pytest.mark.parametrize("constrained", [True, False])
