@@ -14,6 +14,8 @@ pruning rate PR@K, and how many prunings violate the token-level necessary condi
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
 
 FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
+RAW_BEAMS = 5  # the search without length normalisation keeps RAW_BEAMS * max K beams
 
 
 @torch.no_grad()
@@ -102,18 +105,20 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
 
 
 def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, ...], constrained_softmax: bool,
-                 candidates=(), cap: int | None = None) -> int:
+                 candidates=(), cap: int | None = None, walk: bool = True) -> int | None:
     """How many titles have a higher overall probability P(title | prompt) than the target (path of
     token ids), exact below `cap` and `cap` otherwise (None: always exact, every title scored).
     `candidates` (paths, e.g. what beam search returned) are scored first: when `cap` of them beat
     the target, nothing else is needed; else `titles_above` walks the prefixes scoring above the
-    target's until `cap` titles beat it."""
+    target's until `cap` titles beat it (`walk` False: returns None instead)."""
     node = trie.node_of(target)
     if cap is None:
         scores = score_all_titles(model, trie, prompt, constrained_softmax)
     else:
         scores = score_paths(model, trie, prompt, [target, *candidates], constrained_softmax)
         if _above(scores, node, scores[node]) < cap:
+            if not walk:
+                return None
             found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node)
             if _above(found, node, scores[node]) >= cap:
                 return cap
@@ -158,19 +163,44 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         raise ValueError(f"{len(recommendations)} recommendations for {len(indices)} users")
     else:
         recs = recommendations
-    users = []
-    for i, rec in tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress):
-        example = examples[i]
-        prompt = enc.prompt_ids(example.history)
-        path = tuple(enc.target_ids(example.target))
-        pruned = example.target not in {item for items in rec.items for item in items}
+    # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
+    # so a long target can outscore every returned title and send the user to the prefix walk (on a
+    # whole-vocabulary softmax, thousands of prefixes a level). The beams of the same search without
+    # normalisation are the likeliest titles by that probability: users the returned titles leave
+    # undecided get them as further candidates (one batched decode of those users), and only users
+    # they leave undecided too are walked. Exact either way: candidates are only evidence.
+    raw_search = cap is not None and decode.length_penalty != 0
+    users: list[dict | None] = [None] * len(indices)
+    undecided = []
+    for j, (i, rec) in enumerate(tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress)):
         returned = [trie.item_paths[items[0]] for items in rec.items]
-        with recommender.autocast():
-            rank = overall_rank(model, trie, prompt, path, decode.constrained_softmax, returned, cap)
-            counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads
-            violation = violates_condition(model, trie, prompt, path, decode.num_beams) if counted else None
-        users.append({"index": i, "overall_rank": rank, "pruned": pruned, "violation": violation})
-    return {**summarize_pruning(users, ks, decode), "rank_cap": cap}
+        users[j] = _pruning_record(recommender, examples[i], i, rec, returned, cap, ks, walk=not raw_search)
+        if users[j] is None:
+            undecided.append(j)
+    if undecided:
+        raw = copy.copy(recommender)
+        raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))
+        more = raw.recommend([examples[indices[j]].history for j in undecided], progress=progress)
+        for j, extra in zip(undecided, tqdm(more, desc="ranking targets (raw beams)", disable=not progress)):
+            returned = [trie.item_paths[items[0]] for items in (*recs[j].items, *extra.items)]
+            users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks)
+    return {**summarize_pruning(users, ks, decode), "rank_cap": cap, "raw_beam_users": len(undecided)}
+
+
+def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,
+                    walk: bool = True) -> dict | None:
+    """One user's record (None: `walk` False and the candidates left the rank undecided)."""
+    enc, model, trie = recommender.encoder, recommender.model, recommender.encoder.trie
+    prompt = enc.prompt_ids(example.history)
+    path = tuple(enc.target_ids(example.target))
+    pruned = example.target not in {item for items in rec.items for item in items}
+    with recommender.autocast():
+        rank = overall_rank(model, trie, prompt, path, recommender.decode.constrained_softmax, candidates, cap, walk)
+        if rank is None:
+            return None
+        counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads
+        violation = violates_condition(model, trie, prompt, path, recommender.decode.num_beams) if counted else None
+    return {"index": index, "overall_rank": rank, "pruned": pruned, "violation": violation}
 
 
 def summarize_pruning(users: list[dict], ks, decode: DecodeConfig) -> dict:

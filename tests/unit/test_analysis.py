@@ -119,13 +119,15 @@ def test_capped_rank_equals_the_full_rank_below_the_cap(setup, constrained):
     assert min(seen) == 0 and max(seen) > 3
 
 
-@pytest.mark.parametrize("constrained, num_beams", [(True, 2), (True, 3), (False, 2)])
-def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams):
+@pytest.mark.parametrize("constrained, num_beams, length_penalty", [(True, 2, 1.0), (True, 3, 1.0), (False, 2, 1.0),
+                                                                     (True, 3, 0.0), (False, 2, 0.0)])
+def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams, length_penalty):
     model, enc = setup
     rng = random.Random(3)
     examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
                 for i in range(40)]
-    decode = DecodeConfig(num_beams=num_beams, constrained_softmax=constrained, batch_size=8)
+    decode = DecodeConfig(num_beams=num_beams, constrained_softmax=constrained, batch_size=8,
+                          length_penalty=length_penalty)
     rec = Recommender(model, enc, decode)
     result = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False)
     uncapped = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False, exact_ranks=True)
@@ -141,10 +143,14 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams)
         expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
     assert uncapped["users"] == expected_users and uncapped["rank_cap"] is None
     assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5)} for u in expected_users]
-    assert result == {**summarize_pruning(expected_users, (1, 3, 5), decode), "users": result["users"], "rank_cap": 5}
+    assert result == {**summarize_pruning(expected_users, (1, 3, 5), decode), "users": result["users"], "rank_cap": 5,
+                      "raw_beam_users": result["raw_beam_users"]}
     assert any(u["overall_rank"] > 5 for u in expected_users)  # the cap was exercised
     assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
     assert result["PR@5"]["eligible"] > 0
+    # undecided by the returned titles (B < max K here: all of them), then the beams without length
+    # normalisation; with none (length_penalty 0) the returned titles already are those
+    assert result["raw_beam_users"] == (len(examples) if length_penalty else 0) and uncapped["raw_beam_users"] == 0
     assert any(u["pruned"] and u["overall_rank"] >= 5 and u["violation"] is None for u in expected_users)
     assert any(u["violation"] is not None for u in expected_users)
 
@@ -161,8 +167,12 @@ def test_given_recommendations_are_used_instead_of_decoding(setup, monkeypatch):
     fresh = analyze(rec, examples, indices, ks=(1, 3), progress=False)
     given = rec.recommend([examples[i].history for i in indices])
 
-    def no_decoding(*a, **k):
-        raise AssertionError("decoded although the recommendations were given")
+    real = Recommender.recommend
+
+    def no_decoding(self, *a, **k):  # the search without length normalisation may still run (undecided users)
+        if self.decode.length_penalty == rec.decode.length_penalty:
+            raise AssertionError("decoded although the recommendations were given")
+        return real(self, *a, **k)
 
     monkeypatch.setattr(Recommender, "recommend", no_decoding)
     assert analyze(rec, examples, indices, ks=(1, 3), progress=False, recommendations=given) == fresh
