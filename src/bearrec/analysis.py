@@ -32,6 +32,7 @@ from bearrec.trie import TitleTrie
 
 FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
 RAW_BEAMS = 5  # the search without length normalisation keeps RAW_BEAMS * max K beams
+KNOWN_MARGIN = 1e-4  # nats by which a title scored by the decoder must beat the target to count
 
 
 @torch.no_grad()
@@ -105,25 +106,31 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
 
 
 def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, ...], constrained_softmax: bool,
-                 candidates=(), cap: int | None = None, walk: bool = True) -> int | None:
+                 candidates=(), cap: int | None = None, walk: bool = True,
+                 known: dict[int, float] | None = None) -> int | None:
     """How many titles have a higher overall probability P(title | prompt) than the target (path of
     token ids), exact below `cap` and `cap` otherwise (None: always exact, every title scored).
     `candidates` (paths, e.g. what beam search returned) are scored first: when `cap` of them beat
     the target, nothing else is needed; else `titles_above` walks the prefixes scoring above the
-    target's until `cap` titles beat it (`walk` False: returns None instead)."""
+    target's until `cap` titles beat it (`walk` False: returns None instead). `known`: {terminal
+    node: log-prob} of further titles computed elsewhere (a search's own sums); one counts only
+    when it beats the target by KNOWN_MARGIN (the computations round differently), so they can end
+    the search early but never make a rank below `cap` inexact."""
     node = trie.node_of(target)
     if cap is None:
         scores = score_all_titles(model, trie, prompt, constrained_softmax)
     else:
         scores = score_paths(model, trie, prompt, [target, *candidates], constrained_softmax)
-        if _above(scores, node, scores[node]) < cap:
-            if not walk:
-                return None
-            found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node)
-            if _above(found, node, scores[node]) >= cap:
-                return cap
-            scores = found if node in found else score_all_titles(model, trie, prompt, constrained_softmax)
-            # (target not reached: rounding beyond the slack, so every title is scored)
+        extra = sum(v > scores[node] + KNOWN_MARGIN for n, v in (known or {}).items() if n != node and n not in scores)
+        if _above(scores, node, scores[node]) + extra >= cap:
+            return cap
+        if not walk:
+            return None
+        found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node)
+        if _above(found, node, scores[node]) >= cap:
+            return cap
+        scores = found if node in found else score_all_titles(model, trie, prompt, constrained_softmax)
+        # (target not reached: rounding beyond the slack, so every title is scored)
     rank = _above(scores, node, scores[node])
     return rank if cap is None else min(rank, cap)
 
@@ -169,7 +176,7 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     # normalisation are the likeliest titles by that probability: users the returned titles leave
     # undecided get them as further candidates (one batched decode of those users), and only users
     # they leave undecided too are walked. Exact either way: candidates are only evidence.
-    raw_search = cap is not None and decode.length_penalty != 0
+    raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
     users: list[dict | None] = [None] * len(indices)
     undecided = []
     for j, (i, rec) in enumerate(tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress)):
@@ -182,20 +189,24 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))
         more = raw.recommend([examples[indices[j]].history for j in undecided], progress=progress)
         for j, extra in zip(undecided, tqdm(more, desc="ranking targets (raw beams)", disable=not progress)):
-            returned = [trie.item_paths[items[0]] for items in (*recs[j].items, *extra.items)]
-            users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks)
+            returned = [trie.item_paths[items[0]] for items in recs[j].items]
+            # without length normalisation (or IGD weights) a beam's score is its log-probability
+            known = {trie.node_of(trie.item_paths[items[0]]): score for items, score in zip(extra.items, extra.scores)}
+            users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
+                                       known=known)
     return {**summarize_pruning(users, ks, decode), "rank_cap": cap, "raw_beam_users": len(undecided)}
 
 
 def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,
-                    walk: bool = True) -> dict | None:
+                    walk: bool = True, known: dict[int, float] | None = None) -> dict | None:
     """One user's record (None: `walk` False and the candidates left the rank undecided)."""
     enc, model, trie = recommender.encoder, recommender.model, recommender.encoder.trie
     prompt = enc.prompt_ids(example.history)
     path = tuple(enc.target_ids(example.target))
     pruned = example.target not in {item for items in rec.items for item in items}
     with recommender.autocast():
-        rank = overall_rank(model, trie, prompt, path, recommender.decode.constrained_softmax, candidates, cap, walk)
+        rank = overall_rank(model, trie, prompt, path, recommender.decode.constrained_softmax, candidates, cap, walk,
+                            known)
         if rank is None:
             return None
         counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads

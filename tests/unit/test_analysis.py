@@ -240,3 +240,23 @@ def test_stored_recommendations_read_back_an_evaluation_only_when_it_decoded_ali
     assert stored_recommendations(folder, [2], decode) is None
     (folder / "predictions.jsonl").write_text("not json\n")
     assert stored_recommendations(folder, [2], decode) is None
+
+
+def test_known_scores_end_the_search_only_when_they_clearly_beat_the_target(setup):
+    """Titles scored elsewhere (the decoder's sums) count as beating the target only by more than
+    KNOWN_MARGIN; without enough of them and without the walk the rank stays undecided (None)."""
+    from bearrec.analysis import KNOWN_MARGIN
+
+    model, enc = setup
+    prompt = enc.prompt_ids([2, 6])
+    full = score_all_titles(model, enc.trie, prompt, True)
+    paths = {enc.trie.node_of(p): p for p in set(enc.trie.item_paths.values())}
+    ranked = sorted(full, key=full.get, reverse=True)
+    target = ranked[5]  # five titles above it
+    above = {n: full[n] for n in ranked[:5]}
+    rank = overall_rank(model, enc.trie, prompt, paths[target], True, cap=3, walk=False, known=above)
+    assert rank == 3
+    close = {n: full[target] + KNOWN_MARGIN / 2 for n in ranked[:5]}  # within rounding of the target: not evidence
+    assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=3, walk=False, known=close) is None
+    assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=3, known=close) == 3  # the walk decides
+    assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=8, known=above) == 5  # exact below the cap
