@@ -32,7 +32,7 @@ from bearrec.trie import TitleTrie
 
 FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
 RAW_BEAMS = 5  # the search without length normalisation keeps RAW_BEAMS * max K beams
-KNOWN_MARGIN = 1e-4  # nats by which a title scored by the decoder must beat the target to count
+KNOWN_MARGIN = 1e-4  # nats by which a title the decoder scored must beat the target to count (fp32)
 
 
 @torch.no_grad()
@@ -107,21 +107,21 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
 
 def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, ...], constrained_softmax: bool,
                  candidates=(), cap: int | None = None, walk: bool = True,
-                 known: dict[int, float] | None = None) -> int | None:
+                 known: dict[int, float] | None = None, margin: float = KNOWN_MARGIN) -> int | None:
     """How many titles have a higher overall probability P(title | prompt) than the target (path of
     token ids), exact below `cap` and `cap` otherwise (None: always exact, every title scored).
     `candidates` (paths, e.g. what beam search returned) are scored first: when `cap` of them beat
     the target, nothing else is needed; else `titles_above` walks the prefixes scoring above the
     target's until `cap` titles beat it (`walk` False: returns None instead). `known`: {terminal
     node: log-prob} of further titles computed elsewhere (a search's own sums); one counts only
-    when it beats the target by KNOWN_MARGIN (the computations round differently), so they can end
+    when it beats the target by `margin` (the computations round differently), so they can end
     the search early but never make a rank below `cap` inexact."""
     node = trie.node_of(target)
     if cap is None:
         scores = score_all_titles(model, trie, prompt, constrained_softmax)
     else:
         scores = score_paths(model, trie, prompt, [target, *candidates], constrained_softmax)
-        extra = sum(v > scores[node] + KNOWN_MARGIN for n, v in (known or {}).items() if n != node and n not in scores)
+        extra = sum(v > scores[node] + margin for n, v in (known or {}).items() if n != node and n not in scores)
         if _above(scores, node, scores[node]) + extra >= cap:
             return cap
         if not walk:
@@ -171,11 +171,13 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     else:
         recs = recommendations
     # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
-    # so a long target can outscore every returned title and send the user to the prefix walk (on a
-    # whole-vocabulary softmax, thousands of prefixes a level). The beams of the same search without
-    # normalisation are the likeliest titles by that probability: users the returned titles leave
-    # undecided get them as further candidates (one batched decode of those users), and only users
-    # they leave undecided too are walked. Exact either way: candidates are only evidence.
+    # so a long target can outscore most returned titles and send the user to the prefix walk (on a
+    # whole-vocabulary softmax, thousands of prefixes a level). The same search without normalisation
+    # (RAW_BEAMS * max K beams) returns likely titles by that probability with their log-probabilities
+    # as its scores: users the returned titles leave undecided get those as evidence (one batched
+    # decode of those users), and only users still undecided are walked. Exact either way: evidence
+    # ends a search only by showing max K titles above the target (by a margin: under bf16 autocast
+    # the two computations round apart by up to FLOOR_SLACK).
     raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
     users: list[dict | None] = [None] * len(indices)
     undecided = []
@@ -185,6 +187,7 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         if users[j] is None:
             undecided.append(j)
     if undecided:
+        margin = FLOOR_SLACK if decode.autocast == "bfloat16" else KNOWN_MARGIN
         raw = copy.copy(recommender)
         raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))
         more = raw.recommend([examples[indices[j]].history for j in undecided], progress=progress)
@@ -193,12 +196,13 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
             # without length normalisation (or IGD weights) a beam's score is its log-probability
             known = {trie.node_of(trie.item_paths[items[0]]): score for items, score in zip(extra.items, extra.scores)}
             users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
-                                       known=known)
+                                       known=known, margin=margin)
     return {**summarize_pruning(users, ks, decode), "rank_cap": cap, "raw_beam_users": len(undecided)}
 
 
 def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,
-                    walk: bool = True, known: dict[int, float] | None = None) -> dict | None:
+                    walk: bool = True, known: dict[int, float] | None = None,
+                    margin: float = KNOWN_MARGIN) -> dict | None:
     """One user's record (None: `walk` False and the candidates left the rank undecided)."""
     enc, model, trie = recommender.encoder, recommender.model, recommender.encoder.trie
     prompt = enc.prompt_ids(example.history)
@@ -206,7 +210,7 @@ def _pruning_record(recommender: Recommender, example, index: int, rec: Recommen
     pruned = example.target not in {item for items in rec.items for item in items}
     with recommender.autocast():
         rank = overall_rank(model, trie, prompt, path, recommender.decode.constrained_softmax, candidates, cap, walk,
-                            known)
+                            known, margin)
         if rank is None:
             return None
         counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads
