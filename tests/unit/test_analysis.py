@@ -228,7 +228,12 @@ def test_stored_recommendations_read_back_an_evaluation_only_when_it_decoded_ali
     folder = tmp_path / "eval-test"
     write_outputs(folder, preds, metrics)
     got = stored_recommendations(folder, [7, 2], decode)
-    assert got == rec.recommend([examples[7].history, examples[2].history])  # titles, item tuples, scores
+    by_index = {p["index"]: p for p in preds}
+    assert [(r.titles, r.items, r.scores) for r in got] == [
+        (by_index[i]["titles"], [tuple(x) for x in by_index[i]["items"]], by_index[i]["scores"]) for i in (7, 2)]
+    fresh = rec.recommend([examples[7].history, examples[2].history])  # other batches: scores equal to rounding
+    assert [(r.titles, r.items) for r in got] == [(r.titles, r.items) for r in fresh]
+    assert [r.scores for r in got] == [pytest.approx(r.scores, abs=1e-5) for r in fresh]
     assert stored_recommendations(folder, [], decode) == []
     assert stored_recommendations(folder, [2, 3], decode) is None  # user 3 was not evaluated
     for other in (DecodeConfig(num_beams=2, batch_size=4), DecodeConfig(num_beams=3, constrained_softmax=False),
