@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -154,20 +155,28 @@ def violates_condition(model, trie: TitleTrie, prompt: list[int], path: tuple[in
 
 
 def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), progress: bool = True,
-            exact_ranks: bool = False, recommendations: list[Recommendation] | None = None) -> dict:
+            exact_ranks: bool = False, recommendations: list[Recommendation] | None = None,
+            done: dict[int, dict] | None = None, record: Callable[[dict], None] | None = None) -> dict:
     """PR@K and violations for the users `indices` of `examples`. A user's `overall_rank` is exact
     below max(ks) and max(ks) otherwise, which is all PR@K needs (`exact_ranks`: every title scored
     for every user, many times slower). `violation` is checked only where PR@K counts it (the
     target pruned and ranked below max(ks)); None elsewhere. `recommendations`: what beam search
     returned for these users, in the order of `indices` (e.g. the run's own test evaluation,
-    `evaluation.stored_recommendations`); None: decoded here."""
+    `evaluation.stored_recommendations`); None: decoded here. `done`: {index: record} of users an
+    earlier, cut-off analysis finished (kept as they are); `record(user)` is called with each new
+    user's record as soon as it exists (`read_partial` reads such records back)."""
     enc, decode = recommender.encoder, recommender.decode
     cap = None if exact_ranks else max(ks)
     model, trie = recommender.model, enc.trie
-    if recommendations is None:
-        recs = recommender.recommend([examples[i].history for i in indices], progress=progress)
-    elif len(recommendations) != len(indices):
+    done = {i: u for i, u in (done or {}).items() if i in set(indices)}
+    todo = [j for j, i in enumerate(indices) if i not in done]
+    if recommendations is not None and len(recommendations) != len(indices):
         raise ValueError(f"{len(recommendations)} recommendations for {len(indices)} users")
+    if recommendations is None:
+        fresh = recommender.recommend([examples[indices[j]].history for j in todo], progress=progress)
+        recs: list[Recommendation | None] = [None] * len(indices)
+        for j, rec in zip(todo, fresh):
+            recs[j] = rec
     else:
         recs = recommendations
     # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
@@ -179,13 +188,16 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     # ends a search only by showing max K titles above the target (by a margin: under bf16 autocast
     # the two computations round apart by up to FLOOR_SLACK).
     raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
-    users: list[dict | None] = [None] * len(indices)
+    users: list[dict | None] = [done.get(i) for i in indices]
     undecided = []
-    for j, (i, rec) in enumerate(tqdm(list(zip(indices, recs)), desc="ranking targets", disable=not progress)):
-        returned = [trie.item_paths[items[0]] for items in rec.items]
-        users[j] = _pruning_record(recommender, examples[i], i, rec, returned, cap, ks, walk=not raw_search)
+    for j in tqdm(todo, desc="ranking targets", disable=not progress):
+        returned = [trie.item_paths[items[0]] for items in recs[j].items]
+        users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
+                                   walk=not raw_search)
         if users[j] is None:
             undecided.append(j)
+        elif record is not None:
+            record(users[j])
     if undecided:
         margin = FLOOR_SLACK if decode.autocast == "bfloat16" else KNOWN_MARGIN
         raw = copy.copy(recommender)
@@ -196,13 +208,32 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
             # without length normalisation (or IGD weights) a beam's score is its log-probability
             known = {trie.node_of(trie.item_paths[items[0]]): score for items, score in zip(extra.items, extra.scores)}
             users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
-                                       known=known, margin=margin)
-    return {**summarize_pruning(users, ks, decode), "rank_cap": cap, "raw_beam_users": len(undecided)}
+                                       known=known, margin=margin, raw_beams=True)
+            if record is not None:
+                record(users[j])
+    return {**summarize_pruning(users, ks, decode), "rank_cap": cap,
+            "raw_beam_users": sum(bool(u.get("raw_beams")) for u in users)}
+
+
+def read_partial(path: str | Path) -> dict[int, dict]:
+    """{index: record} from a file of JSON lines written by `analyze`'s `record` (a line cut off by a
+    killed process, or anything else that is not a record, is skipped: that user is analysed again)."""
+    out: dict[int, dict] = {}
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            user = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(user, dict) and {"index", "overall_rank", "pruned", "violation"} <= set(user):
+            out[user["index"]] = user
+    return out
 
 
 def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,
                     walk: bool = True, known: dict[int, float] | None = None,
-                    margin: float = KNOWN_MARGIN) -> dict | None:
+                    margin: float = KNOWN_MARGIN, raw_beams: bool = False) -> dict | None:
     """One user's record (None: `walk` False and the candidates left the rank undecided)."""
     enc, model, trie = recommender.encoder, recommender.model, recommender.encoder.trie
     prompt = enc.prompt_ids(example.history)
@@ -215,7 +246,7 @@ def _pruning_record(recommender: Recommender, example, index: int, rec: Recommen
             return None
         counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads
         violation = violates_condition(model, trie, prompt, path, recommender.decode.num_beams) if counted else None
-    return {"index": index, "overall_rank": rank, "pruned": pruned, "violation": violation}
+    return {"index": index, "overall_rank": rank, "pruned": pruned, "violation": violation, "raw_beams": raw_beams}
 
 
 def summarize_pruning(users: list[dict], ks, decode: DecodeConfig) -> dict:

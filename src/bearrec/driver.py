@@ -47,8 +47,11 @@ def run(cfg: Config, progress: bool = True, force: bool = False) -> Path:
     return run_dir
 
 
+PRUNING_PARTIAL = "pruning-test.partial.jsonl"  # the records of a pruning analysis still running (or cut off)
+
+
 def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
-    from bearrec.analysis import analyze, plot_pruning, write_pruning
+    from bearrec.analysis import analyze, plot_pruning, read_partial, write_pruning
     from bearrec.evaluation import seeded_subset, stored_recommendations
     from bearrec.runs import load_run
 
@@ -58,9 +61,21 @@ def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     # the test evaluation's own beams where it decoded these users (same model and decoding): PR@K
     # then reads exactly the lists the metrics scored, and the split is not decoded a second time
     stored = stored_recommendations(run_dir / "eval-test", indices, recommender.decode)
-    result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress, recommendations=stored)
+    # each user's record is appended as it is finished: a run cut off here resumes with the rest
+    partial = run_dir / PRUNING_PARTIAL
+    done = read_partial(partial)
+    if done and progress:
+        print(f"pruning analysis: {len(done)} users read back from {partial}", flush=True)
+    with partial.open("a", encoding="utf-8") as out:
+        def record(user: dict) -> None:
+            out.write(json.dumps(user) + "\n")
+            out.flush()
+
+        result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress,
+                         recommendations=stored, done=done, record=record)
     write_pruning(run_dir / "pruning-test", result)
     plot_pruning({run_dir.name: result}, run_dir / "pruning-test" / "pruning.png", ks=cfg.analysis.ks)
+    partial.unlink()
 
 
 def _read(path: Path):

@@ -57,6 +57,28 @@ def test_run_end_to_end_then_skips_finished_steps(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(Recommender, "recommend", no_test_decode)
     _pruning(load_config(out / "config.yaml"), out, progress=False)
     assert json.loads((out / "pruning-test" / "pruning.json").read_text()) == first
+    # cut off after its first user, the step resumes from the records it appended
+    import bearrec.analysis as analysis
+    from bearrec.driver import PRUNING_PARTIAL
+
+    real_record, analysed = analysis._pruning_record, []
+
+    def killed_after_one(*a, **k):
+        if analysed:
+            raise KeyboardInterrupt("killed")
+        analysed.append(a[2])
+        return real_record(*a, **k)
+
+    monkeypatch.setattr(analysis, "_pruning_record", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _pruning(load_config(out / "config.yaml"), out, progress=False)
+    kept = [json.loads(line) for line in (out / PRUNING_PARTIAL).read_text().splitlines()]
+    assert [u["index"] for u in kept] == analysed and len(first["users"]) == 2
+    resumed = []
+    monkeypatch.setattr(analysis, "_pruning_record", lambda *a, **k: resumed.append(a[2]) or real_record(*a, **k))
+    _pruning(load_config(out / "config.yaml"), out, progress=False)
+    assert json.loads((out / "pruning-test" / "pruning.json").read_text()) == first
+    assert analysed[0] not in resumed and resumed and not (out / PRUNING_PARTIAL).exists()
     ranks = {p["index"]: p["rank"] for p in map(json.loads, (out / "eval-test" / "predictions.jsonl").open())}
     assert [u["pruned"] for u in first["users"]] == [ranks[u["index"]] is None for u in first["users"]]
 

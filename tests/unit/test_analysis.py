@@ -141,8 +141,9 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams,
         # checked only where PR@K reads it: pruned, and ranked below the largest K
         violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned and rank < 5 else None
         expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
-    assert uncapped["users"] == expected_users and uncapped["rank_cap"] is None
-    assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5)} for u in expected_users]
+    assert uncapped["users"] == [{**u, "raw_beams": False} for u in expected_users] and uncapped["rank_cap"] is None
+    assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5), "raw_beams": bool(length_penalty)}
+                               for u in expected_users]
     assert result == {**summarize_pruning(expected_users, (1, 3, 5), decode), "users": result["users"], "rank_cap": 5,
                       "raw_beam_users": result["raw_beam_users"]}
     assert any(u["overall_rank"] > 5 for u in expected_users)  # the cap was exercised
@@ -265,3 +266,33 @@ def test_known_scores_end_the_search_only_when_they_clearly_beat_the_target(setu
     assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=3, walk=False, known=close) is None
     assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=3, known=close) == 3  # the walk decides
     assert overall_rank(model, enc.trie, prompt, paths[target], True, cap=8, known=above) == 5  # exact below the cap
+
+
+def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypatch):
+    """Records go out one by one as users finish; given back as `done` (through a file with a line a
+    killed process cut off), those users are neither decoded nor ranked again, and the result is
+    that of one uninterrupted analysis."""
+    import json
+
+    from bearrec.analysis import read_partial
+
+    model, enc = setup
+    rng = random.Random(9)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(10)]
+    rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=4))
+    indices = [0, 2, 3, 5, 8, 9]
+    written = []
+    whole = analyze(rec, examples, indices, ks=(1, 3), progress=False, record=written.append)
+    assert sorted(u["index"] for u in written) == indices and sorted(written, key=lambda u: u["index"]) == whole["users"]
+    path = tmp_path / "partial.jsonl"
+    path.write_text("".join(json.dumps(u) + "\n" for u in written[:3]) + '{"index": 9, "overall_r')
+    done = read_partial(path)
+    assert set(done) == {u["index"] for u in written[:3]} and read_partial(tmp_path / "absent") == {}
+    decoded, again = [], []
+    real = Recommender.recommend
+    monkeypatch.setattr(Recommender, "recommend", lambda self, histories, **k: decoded.append(len(histories))
+                        or real(self, histories, **k))
+    resumed = analyze(rec, examples, indices, ks=(1, 3), progress=False, done=done, record=again.append)
+    assert resumed == whole and decoded[0] == 3  # only the three users not read back were decoded
+    assert sorted(u["index"] for u in again) == sorted(set(indices) - set(done))
