@@ -85,17 +85,22 @@ def cmd_evaluate(args) -> int:
     note_tested_users(args, cfg)
     examples = dataset.split(args.split)
     indices = seeded_subset(len(examples), args.limit)
-    preds, metrics = evaluate(recommender, examples, indices)
+    suffix = decoding_suffix(args)
+    out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
+                            if (Path(args.model) / "config.yaml").exists()
+                            else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
+    # beside the output folder: a decode cut off resumes with the users it had (same command)
+    partial = out.with_name(out.name + ".partial.jsonl") if out.parent.is_dir() else None
+    preds, metrics = evaluate(recommender, examples, indices, partial=partial,
+                              model=json.dumps([str(args.model), args.split, args.config, overrides_of(args)]))
     metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
     from bearrec.evaluation import distributed_state
 
     state = distributed_state()
     if state.is_main_process:
-        suffix = decoding_suffix(args)
-        out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
-                                if (Path(args.model) / "config.yaml").exists()
-                                else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
         write_outputs(out, preds, metrics)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         print(format_table(metrics))
         print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
     return 0

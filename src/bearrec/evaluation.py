@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,9 @@ class Recommender:
             return torch.autocast("cuda" if next(self.model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16)
         return nullcontext()
 
-    def recommend(self, histories: list[tuple[int, ...]], progress: bool = False) -> list[Recommendation]:
+    def recommend(self, histories: list[tuple[int, ...]], progress: bool = False,
+                  on_batch: Callable[[list[int], list[Recommendation]], None] | None = None) -> list[Recommendation]:
+        """Top-B titles per history; `on_batch(positions, recommendations)` after each decoded batch."""
         prompts = [self.encoder.prompt_ids(h) for h in histories]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
         out: list[Recommendation | None] = [None] * len(prompts)
@@ -80,6 +83,8 @@ class Recommender:
                 for i, r in zip(batch, ranked):
                     out[i] = Recommendation([self._titles[n] for n in r.nodes],
                                             [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
+                if on_batch is not None:
+                    on_batch(batch, [out[i] for i in batch])
         return out
 
 
@@ -117,15 +122,38 @@ def prediction_record(example: Example, index: int, rec: Recommendation, catalog
 
 
 def evaluate(recommender: Recommender, examples: list[Example], indices: list[int] | None = None,
-             progress: bool = True) -> tuple[list[dict], dict]:
-    """Decode `examples[indices]` (all by default); returns (predictions, metrics) on every process."""
+             progress: bool = True, partial: str | Path | None = None, model: str = "") -> tuple[list[dict], dict]:
+    """Decode `examples[indices]` (all by default); returns (predictions, metrics) on every process.
+    `partial` (one process only): a file the records of each decoded batch are appended to, after a
+    first line naming `model`, the decoding and the users; users whose records it already holds
+    under the same first line (an evaluation cut off earlier) are not decoded again (the rest are
+    batched anew: their scores equal an uninterrupted decode's to rounding); another first line and
+    the file starts over. The caller deletes it once the outputs are written."""
     from accelerate.utils import gather_object
 
     indices = list(range(len(examples))) if indices is None else indices
     state = distributed_state()
+    catalogue = recommender.encoder.catalogue
+    if partial is not None and state.num_processes == 1:
+        header = json.dumps({"partial_of": model, **{k: getattr(recommender.decode, k) for k in DECODING_KEYS},
+                             "users": len(indices), "first": indices[:1], "last": indices[-1:]})
+        done = read_records(partial, header)
+        todo = [i for i in indices if i not in done]
+        with Path(partial).open("a" if done else "w", encoding="utf-8") as out:
+            if not done:
+                out.write(header + "\n")
+            def append(positions: list[int], recs: list[Recommendation]) -> None:
+                out.write("".join(json.dumps(prediction_record(examples[todo[j]], todo[j], r, catalogue),
+                                             ensure_ascii=False) + "\n" for j, r in zip(positions, recs)))
+                out.flush()
+
+            recs = recommender.recommend([examples[i].history for i in todo], progress=progress, on_batch=append)
+        fresh = [prediction_record(examples[i], i, r, catalogue) for i, r in zip(todo, recs)]
+        preds = sorted([*done.values(), *fresh], key=lambda p: p["index"])
+        return preds, metrics_of(preds, recommender.decode)
     with state.split_between_processes(indices) as mine:
         recs = recommender.recommend([examples[i].history for i in mine], progress=progress and state.is_main_process)
-        preds = [prediction_record(examples[i], i, r, recommender.encoder.catalogue) for i, r in zip(mine, recs)]
+        preds = [prediction_record(examples[i], i, r, catalogue) for i, r in zip(mine, recs)]
     if state.num_processes > 1:
         preds = gather_object(preds)
     preds = sorted(preds, key=lambda p: p["index"])
@@ -139,6 +167,24 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
             "ghost_threshold": decode.ghost_threshold, "igd_alpha": decode.igd_alpha, "preset": decode.preset,
             "item": summarize([p["rank"] for p in preds], ks),
             "title": summarize([p["title_rank"] for p in preds], ks)}
+
+
+def read_records(path: str | Path, header: str) -> dict[int, dict]:
+    """{index: prediction record} from `evaluate`'s `partial` file when its first line is `header`
+    (else nothing); a line cut off by a killed process, or anything that is not a record, is
+    skipped (that user is decoded again)."""
+    out: dict[int, dict] = {}
+    lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
+    if not lines or lines[0] != header:
+        return out
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and {"index", "rank", "title_rank", "items", "titles", "scores"} <= set(record):
+            out[record["index"]] = record
+    return out
 
 
 DECODING_KEYS = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha", "preset")

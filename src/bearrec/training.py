@@ -420,10 +420,13 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
         if selection is not None:
             best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
-        preds, metrics = evaluate(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx)
+        partial = run_dir / "eval-test.partial.jsonl"  # a test decode cut off resumes with the users it had
+        preds, metrics = evaluate(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx,
+                                  partial=partial)
         if trainer.accelerator.is_main_process:
             metrics["selected"] = selection.record["best"] if selection else None
             write_outputs(run_dir / "eval-test", preds, metrics)
+            partial.unlink(missing_ok=True)
         # the record lives on the main process: its decision goes to every process (evaluate gathers)
         decision = [None]
         if selection is not None and trainer.accelerator.is_main_process:

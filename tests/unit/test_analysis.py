@@ -296,3 +296,41 @@ def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypa
     resumed = analyze(rec, examples, indices, ks=(1, 3), progress=False, done=done, record=again.append)
     assert resumed == whole and decoded[0] == 3  # only the three users not read back were decoded
     assert sorted(u["index"] for u in again) == sorted(set(indices) - set(done))
+
+
+def test_an_evaluation_cut_off_resumes_from_its_partial_file(setup, tmp_path, monkeypatch):
+    """Each decoded batch's records are appended; a rerun decodes only the users missing and returns
+    what one uninterrupted evaluation returns (scores to rounding: the rest are batched anew); a file
+    written for another decoding or model starts over."""
+    from bearrec.evaluation import evaluate
+
+    model, enc = setup
+    rng = random.Random(10)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(9)]
+    rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=3))
+    whole, metrics = evaluate(rec, examples, progress=False)
+    partial = tmp_path / "eval-test.partial.jsonl"
+    real, decoded = Recommender.recommend, []
+
+    def killed_after_one_batch(self, histories, progress=False, on_batch=None):
+        decoded.append(len(histories))
+
+        def then_killed(positions, recs):
+            on_batch(positions, recs)
+            raise KeyboardInterrupt("killed")
+        return real(self, histories, progress, on_batch=then_killed if len(decoded) == 1 else on_batch)
+
+    monkeypatch.setattr(Recommender, "recommend", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(rec, examples, progress=False, partial=partial, model="run")
+    assert len(partial.read_text().splitlines()) == 1 + 3  # the first line, then one batch of 3 users
+    with partial.open("a") as f:
+        f.write('{"index": 8, "ra')  # a record cut off mid-line: that user is decoded again
+    again, metrics_again = evaluate(rec, examples, progress=False, partial=partial, model="run")
+    assert decoded == [9, 6]
+    strip = lambda preds: [{k: v for k, v in p.items() if k != "scores"} for p in preds]  # noqa: E731
+    assert strip(again) == strip(whole) and metrics_again == metrics
+    assert [p["scores"] for p in again] == [pytest.approx(p["scores"], abs=1e-5) for p in whole]
+    evaluate(rec, examples, progress=False, partial=partial, model="another run")  # another first line
+    assert decoded == [9, 6, 9]
