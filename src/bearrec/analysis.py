@@ -33,6 +33,7 @@ from bearrec.trie import TitleTrie
 
 FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
 RAW_BEAMS = 5  # the search without length normalisation keeps RAW_BEAMS * max K beams
+PRUNING_KEYS = ("index", "overall_rank", "pruned", "violation")  # of a user's record
 KNOWN_MARGIN = 1e-4  # nats by which a title the decoder scored must beat the target to count (fp32)
 
 
@@ -164,7 +165,7 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     returned for these users, in the order of `indices` (e.g. the run's own test evaluation,
     `evaluation.stored_recommendations`); None: decoded here. `done`: {index: record} of users an
     earlier, cut-off analysis finished (kept as they are); `record(user)` is called with each new
-    user's record as soon as it exists (`read_partial` reads such records back)."""
+    user's record as soon as it exists (`evaluation.read_records` with PRUNING_KEYS reads them back)."""
     enc, decode = recommender.encoder, recommender.decode
     cap = None if exact_ranks else max(ks)
     model, trie = recommender.model, enc.trie
@@ -213,22 +214,6 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
                 record(users[j])
     return {**summarize_pruning(users, ks, decode), "rank_cap": cap,
             "raw_beam_users": sum(bool(u.get("raw_beams")) for u in users)}
-
-
-def read_partial(path: str | Path) -> dict[int, dict]:
-    """{index: record} from a file of JSON lines written by `analyze`'s `record` (a line cut off by a
-    killed process, or anything else that is not a record, is skipped: that user is analysed again)."""
-    out: dict[int, dict] = {}
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            user = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(user, dict) and {"index", "overall_rank", "pruned", "violation"} <= set(user):
-            out[user["index"]] = user
-    return out
 
 
 def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,

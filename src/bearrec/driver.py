@@ -51,8 +51,8 @@ PRUNING_PARTIAL = "pruning-test.partial.jsonl"  # the records of a pruning analy
 
 
 def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
-    from bearrec.analysis import analyze, plot_pruning, read_partial, write_pruning
-    from bearrec.evaluation import seeded_subset, stored_recommendations
+    from bearrec.analysis import PRUNING_KEYS, analyze, plot_pruning, write_pruning
+    from bearrec.evaluation import append_records, read_records, seeded_subset, stored_recommendations
     from bearrec.runs import load_run
 
     loaded = load_run(run_dir)
@@ -63,16 +63,12 @@ def _pruning(cfg: Config, run_dir: Path, progress: bool) -> None:
     stored = stored_recommendations(run_dir / "eval-test", indices, recommender.decode)
     # each user's record is appended as it is finished: a run cut off here resumes with the rest
     partial = run_dir / PRUNING_PARTIAL
-    done = read_partial(partial)
+    done = read_records(partial, PRUNING_KEYS)
     if done and progress:
         print(f"pruning analysis: {len(done)} users read back from {partial}", flush=True)
     with partial.open("a", encoding="utf-8") as out:
-        def record(user: dict) -> None:
-            out.write(json.dumps(user) + "\n")
-            out.flush()
-
         result = analyze(recommender, dataset.test, indices, ks=cfg.analysis.ks, progress=progress,
-                         recommendations=stored, done=done, record=record)
+                         recommendations=stored, done=done, record=lambda user: append_records(out, [user]))
     write_pruning(run_dir / "pruning-test", result)
     plot_pruning({run_dir.name: result}, run_dir / "pruning-test" / "pruning.png", ks=cfg.analysis.ks)
     partial.unlink()

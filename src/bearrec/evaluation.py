@@ -137,15 +137,15 @@ def evaluate(recommender: Recommender, examples: list[Example], indices: list[in
     if partial is not None and state.num_processes == 1:
         header = json.dumps({"partial_of": model, **{k: getattr(recommender.decode, k) for k in DECODING_KEYS},
                              "users": len(indices), "first": indices[:1], "last": indices[-1:]})
-        done = read_records(partial, header)
+        done = read_records(partial, PREDICTION_KEYS, header)
         todo = [i for i in indices if i not in done]
         with Path(partial).open("a" if done else "w", encoding="utf-8") as out:
             if not done:
                 out.write(header + "\n")
+
             def append(positions: list[int], recs: list[Recommendation]) -> None:
-                out.write("".join(json.dumps(prediction_record(examples[todo[j]], todo[j], r, catalogue),
-                                             ensure_ascii=False) + "\n" for j, r in zip(positions, recs)))
-                out.flush()
+                append_records(out, [prediction_record(examples[todo[j]], todo[j], r, catalogue)
+                                     for j, r in zip(positions, recs)])
 
             recs = recommender.recommend([examples[i].history for i in todo], progress=progress, on_batch=append)
         fresh = [prediction_record(examples[i], i, r, catalogue) for i, r in zip(todo, recs)]
@@ -169,22 +169,33 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
             "title": summarize([p["title_rank"] for p in preds], ks)}
 
 
-def read_records(path: str | Path, header: str) -> dict[int, dict]:
-    """{index: prediction record} from `evaluate`'s `partial` file when its first line is `header`
-    (else nothing); a line cut off by a killed process, or anything that is not a record, is
-    skipped (that user is decoded again)."""
+PREDICTION_KEYS = ("index", "rank", "title_rank", "items", "titles", "scores")
+
+
+def read_records(path: str | Path, keys, header: str | None = None) -> dict[int, dict]:
+    """{index: record} from a file of JSON lines appended as work finished (`append_records`; with
+    `header`, only when the first line is it, else nothing). A line cut off by a killed process, or
+    anything that is not a record holding `keys`, is skipped (that user is done again)."""
     out: dict[int, dict] = {}
     lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
-    if not lines or lines[0] != header:
-        return out
-    for line in lines[1:]:
+    if header is not None:
+        if not lines or lines[0] != header:
+            return out
+        lines = lines[1:]
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and {"index", "rank", "title_rank", "items", "titles", "scores"} <= set(record):
+        if isinstance(record, dict) and set(keys) <= set(record):
             out[record["index"]] = record
     return out
+
+
+def append_records(out, records: list[dict]) -> None:
+    """Append JSON lines to the open file `out` and flush them: a process killed later keeps them."""
+    out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    out.flush()
 
 
 DECODING_KEYS = ("num_beams", "constrained_softmax", "length_penalty", "ghost_threshold", "igd_alpha", "preset")

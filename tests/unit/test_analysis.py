@@ -274,7 +274,8 @@ def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypa
     that of one uninterrupted analysis."""
     import json
 
-    from bearrec.analysis import read_partial
+    from bearrec.analysis import PRUNING_KEYS
+    from bearrec.evaluation import read_records
 
     model, enc = setup
     rng = random.Random(9)
@@ -287,8 +288,9 @@ def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypa
     assert sorted(u["index"] for u in written) == indices and sorted(written, key=lambda u: u["index"]) == whole["users"]
     path = tmp_path / "partial.jsonl"
     path.write_text("".join(json.dumps(u) + "\n" for u in written[:3]) + '{"index": 9, "overall_r')
-    done = read_partial(path)
-    assert set(done) == {u["index"] for u in written[:3]} and read_partial(tmp_path / "absent") == {}
+    done = read_records(path, PRUNING_KEYS)
+    assert set(done) == {u["index"] for u in written[:3]}
+    assert read_records(tmp_path / "absent", PRUNING_KEYS) == {}
     decoded, again = [], []
     real = Recommender.recommend
     monkeypatch.setattr(Recommender, "recommend", lambda self, histories, **k: decoded.append(len(histories))
