@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 for a, b in zip(after["users"], before["users"]))
     for k in (k for k in after if k.startswith("PR@")):
         print(f"{k}: before {before[k]}, after {after[k]}")
+    print(f"users given the search without normalisation: before {before.get('raw_beam_users', 'n/a')}, "
+          f"after {after.get('raw_beam_users')}")
     checked = sum(u["violation"] is not None for u in after["users"])
     print(f"violation checked: before {sum(u['violation'] is not None for u in before['users'])} users, after {checked}"
           f" (rank cap {cap})")

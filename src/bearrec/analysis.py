@@ -4,8 +4,9 @@ pruning rate PR@K, and how many prunings violate the token-level necessary condi
 - `score_all_titles`: log P(title | prompt) for every catalogue title, by one forward per trie
   node (level by level, prompt KV shared), not one forward per title.
 - `overall_rank`: the target's rank by that probability, exact below a cap (max K): the titles beam
-  search returned are scored first, then only prefixes scoring above the target are walked, until
-  max K titles beat it.
+  search returned count first (their log-probs read off the decoder's scores, or scored), then only
+  prefixes scoring above the target are walked, until max K titles beat it. The targets of a decode
+  batch's users are scored in one forward (`score_batch`).
 - PR@K: among users whose target ranks in the top K by overall probability, the share whose target
   beam search did not return.
 - violation: at some step the target token's probability is below the B-th largest probability of
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bearrec import ragged
+from bearrec import prefix_attention, ragged
 from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
 from bearrec.decoding import Prefilled
@@ -32,7 +33,8 @@ from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
 
 FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
-RAW_BEAMS = 5  # the search without length normalisation keeps RAW_BEAMS * max K beams
+RAW_BEAMS = 2  # the search without length normalisation keeps RAW_BEAMS * max K beams (5x: no more users decided)
+SHORT_TITLES = 64  # the titles with the fewest tokens, scored for users the returned titles leave undecided
 PRUNING_KEYS = ("index", "overall_rank", "pruned", "violation")  # of a user's record
 KNOWN_MARGIN = 1e-4  # nats by which a title the decoder scored must beat the target to count (fp32)
 
@@ -51,36 +53,55 @@ def score_paths(model, trie: TitleTrie, prompt: list[int], paths, constrained_so
     prompt (one forward, not one per level: on a 135M model a forward's fixed cost is most of a
     level's); otherwise the level walk restricted to their prefixes (which also returns the
     titles ending on the way)."""
-    paths = list(dict.fromkeys(tuple(p) for p in paths))
-    run = Prefilled(model, [prompt], constrained_softmax, pad_token_id=0, shared_prefix=None)
-    if not paths:
-        return {}
-    if not run.shared:
-        wanted = {n for path in paths for n in (*trie.walk(path), trie.node_of(path))}
-        return _walk(model, trie, prompt, constrained_softmax,
-                     lambda children, scores: torch.tensor([int(c) in wanted for c in children.tolist()],
-                                                           dtype=torch.bool), run=run)
-    run.feed_sequences([list(p) for p in paths])
-    nodes = torch.tensor([n for path in paths for n in trie.walk(path)])  # the node before each token
+    return score_batch(model, trie, [prompt], [paths], constrained_softmax)[0]
+
+
+@torch.no_grad()
+def score_batch(model, trie: TitleTrie, prompts: list[list[int]], paths: list, constrained_softmax: bool = True
+                ) -> list[dict[int, float]]:
+    """`score_paths` of `paths[i]` after `prompts[i]` for every i: with the shared-prefix cache one
+    prefill (the prompts' common prefix once) and one forward feeding every path; otherwise one
+    `score_paths` level walk per prompt."""
+    asked = [list(dict.fromkeys(tuple(p) for p in per)) for per in paths]
+    if len(asked) != len(prompts):
+        raise ValueError(f"{len(asked)} lists of paths for {len(prompts)} prompts")
+    if not prompts:
+        return []
+    if not prefix_attention.supports(model):
+        return [_walk(model, trie, prompt, constrained_softmax,
+                      _within({n for path in per for n in (*trie.walk(path), trie.node_of(path))})) if per else {}
+                for prompt, per in zip(prompts, asked)]
+    flat = [p for per in asked for p in per]
+    if not flat:
+        return [{} for _ in prompts]
+    run = Prefilled(model, prompts, constrained_softmax, pad_token_id=0, shared_prefix=True)
+    run.feed_sequences([list(p) for p in flat], [i for i, per in enumerate(asked) for _ in per])
+    nodes = torch.tensor([n for path in flat for n in trie.walk(path)])  # the node before each token
     counts, toks, children = trie.children(nodes)
     rows = ragged.segment_ids(counts)
     log_probs = run.child_log_probs(rows, toks, counts)
-    taken = torch.tensor([t for path in paths for t in path])
+    taken = torch.tensor([t for path in flat for t in path])
     token_lp = torch.zeros(len(nodes)).index_add_(0, rows, torch.where(toks == taken[rows], log_probs, 0.0))
-    per_path = token_lp.split([len(p) for p in paths])
-    return {trie.node_of(p): float(lp.sum()) for p, lp in zip(paths, per_path)}
+    per_path = iter(token_lp.split([len(p) for p in flat]))
+    return [{trie.node_of(p): float(next(per_path).sum()) for p in per} for per in asked]
+
+
+def _within(wanted: set[int]):
+    """`_walk`'s `expand`: only the children in `wanted`."""
+    return lambda children, scores: torch.tensor([int(c) in wanted for c in children.tolist()], dtype=torch.bool)
 
 
 @torch.no_grad()
 def titles_above(model, trie: TitleTrie, prompt: list[int], score: float, cap: int, constrained_softmax: bool = True,
-                 slack: float = 0.0, exclude: int | None = None) -> dict[int, float]:
+                 slack: float = 0.0, exclude: int | None = None, shown: frozenset[int] = frozenset()
+                 ) -> dict[int, float]:
     """Scores of titles (terminal node: log-prob), among them every title scoring above `score` or
-    at least `cap` of those (node `exclude` not counted): only prefixes above `score - slack` are
-    walked (a log-prob is <= 0: no title scores more than its prefix), and the walk stops after the
-    level where `cap` titles beat `score` (short titles finish first: a target that many titles
-    outscore costs a few levels)."""
+    at least `cap` of those with the titles `shown` to beat it elsewhere (node `exclude` not
+    counted): only prefixes above `score - slack` are walked (a log-prob is <= 0: no title scores
+    more than its prefix), and the walk stops after the level where `cap` titles are known to beat
+    `score` (short titles finish first: a target that many titles outscore costs a few levels)."""
     return _walk(model, trie, prompt, constrained_softmax, lambda children, scores: scores > score - slack,
-                 stop=lambda out: _above(out, exclude, score) >= cap)
+                 stop=lambda out: len(_beating(out, exclude, score) | shown) >= cap)
 
 
 def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, expand, stop=None,
@@ -109,7 +130,8 @@ def _walk(model, trie: TitleTrie, prompt: list[int], constrained_softmax: bool, 
 
 def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, ...], constrained_softmax: bool,
                  candidates=(), cap: int | None = None, walk: bool = True,
-                 known: dict[int, float] | None = None, margin: float = KNOWN_MARGIN) -> int | None:
+                 known: dict[int, float] | None = None, margin: float = KNOWN_MARGIN,
+                 scored: dict[int, float] | None = None) -> int | None:
     """How many titles have a higher overall probability P(title | prompt) than the target (path of
     token ids), exact below `cap` and `cap` otherwise (None: always exact, every title scored).
     `candidates` (paths, e.g. what beam search returned) are scored first: when `cap` of them beat
@@ -117,28 +139,33 @@ def overall_rank(model, trie: TitleTrie, prompt: list[int], target: tuple[int, .
     target's until `cap` titles beat it (`walk` False: returns None instead). `known`: {terminal
     node: log-prob} of further titles computed elsewhere (a search's own sums); one counts only
     when it beats the target by `margin` (the computations round differently), so they can end
-    the search early but never make a rank below `cap` inexact."""
+    the search early but never make a rank below `cap` inexact. `scored`: `score_paths` of the target
+    and the candidates, computed already (`score_batch`)."""
     node = trie.node_of(target)
     if cap is None:
         scores = score_all_titles(model, trie, prompt, constrained_softmax)
     else:
-        scores = score_paths(model, trie, prompt, [target, *candidates], constrained_softmax)
-        extra = sum(v > scores[node] + margin for n, v in (known or {}).items() if n != node and n not in scores)
-        if _above(scores, node, scores[node]) + extra >= cap:
+        scores = scored if scored is not None else score_paths(model, trie, prompt, [target, *candidates],
+                                                                 constrained_softmax)
+        shown = _beating(scores, node, scores[node]) | _beating(
+            {n: v for n, v in (known or {}).items() if n not in scores}, node, scores[node] + margin)
+        if len(shown) >= cap:
             return cap
         if not walk:
             return None
-        found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node)
-        if _above(found, node, scores[node]) >= cap:
+        found = titles_above(model, trie, prompt, scores[node], cap, constrained_softmax, FLOOR_SLACK, node,
+                             frozenset(shown))
+        if len(_beating(found, node, scores[node]) | shown) >= cap:
             return cap
         scores = found if node in found else score_all_titles(model, trie, prompt, constrained_softmax)
         # (target not reached: rounding beyond the slack, so every title is scored)
-    rank = _above(scores, node, scores[node])
+    rank = len(_beating(scores, node, scores[node]))
     return rank if cap is None else min(rank, cap)
 
 
-def _above(scores: dict[int, float], node: int | None, score: float) -> int:
-    return sum(v > score for n, v in scores.items() if n != node)
+def _beating(scores: dict[int, float], node: int | None, score: float) -> set[int]:
+    """The titles of `scores` above `score`, `node` left out."""
+    return {n for n, v in scores.items() if v > score and n != node}
 
 
 @torch.no_grad()
@@ -163,7 +190,8 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     for every user, many times slower). `violation` is checked only where PR@K counts it (the
     target pruned and ranked below max(ks)); None elsewhere. `recommendations`: what beam search
     returned for these users, in the order of `indices` (e.g. the run's own test evaluation,
-    `evaluation.stored_recommendations`); None: decoded here. `done`: {index: record} of users an
+    `evaluation.stored_recommendations`), decoded by this model and decoding: their scores are read
+    as the returned titles' log-probabilities; None: decoded here. `done`: {index: record} of users an
     earlier, cut-off analysis finished (kept as they are); `record(user)` is called with each new
     user's record as soon as it exists (`evaluation.read_records` with PRUNING_KEYS reads them back)."""
     enc, decode = recommender.encoder, recommender.decode
@@ -180,53 +208,104 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
             recs[j] = rec
     else:
         recs = recommendations
-    # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
-    # so a long target can outscore most returned titles and send the user to the prefix walk (on a
-    # whole-vocabulary softmax, thousands of prefixes a level). The same search without normalisation
-    # (RAW_BEAMS * max K beams) returns likely titles by that probability with their log-probabilities
-    # as its scores: users the returned titles leave undecided get those as evidence (one batched
-    # decode of those users), and only users still undecided are walked. Exact either way: evidence
-    # ends a search only by showing max K titles above the target (by a margin: under bf16 autocast
-    # the two computations round apart by up to FLOOR_SLACK).
     raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
+    margin = FLOOR_SLACK if decode.autocast == "bfloat16" else KNOWN_MARGIN
+    # Without ghost tokens or IGD weights a returned title's score is the decoder's sum of its token
+    # log-probs / length ** length_penalty: times the length's power, evidence as good as the raw
+    # search's, so only the target is scored (in fp32; under bf16 autocast, where evidence needs
+    # FLOOR_SLACK, the returned titles are scored with it, exactly).
+    from_scores = cap is not None and decode.ghost_threshold is None and recommender.token_weights is None \
+        and decode.autocast != "bfloat16"
     users: list[dict | None] = [done.get(i) for i in indices]
-    undecided = []
-    for j in tqdm(todo, desc="ranking targets", disable=not progress):
-        returned = [trie.item_paths[items[0]] for items in recs[j].items]
-        users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
-                                   walk=not raw_search)
-        if users[j] is None:
-            undecided.append(j)
-        elif record is not None:
-            record(users[j])
-    if undecided:
-        margin = FLOOR_SLACK if decode.autocast == "bfloat16" else KNOWN_MARGIN
+    returned = {j: [] if from_scores else [trie.item_paths[items[0]] for items in recs[j].items] for j in todo}
+    known = {j: _returned_log_probs(recs[j], trie, decode.length_penalty) if from_scores else None for j in todo}
+    scored: dict[int, dict[int, float] | None] = {j: None for j in todo}
+
+    def finish(j: int, rec: dict | None) -> bool:
+        users[j] = rec
+        if rec is not None and record is not None:
+            record(rec)
+        return rec is not None
+
+    def stage(js: list[int], paths: list, desc: str) -> list[int]:
+        """Score the target, the returned titles (see from_scores) and `paths` of the users `js`,
+        chunks of users a forward; returns those still undecided."""
+        per_chunk = max(1, decode.batch_size // (1 + len(returned[js[0]]) + len(paths))) if js else 1
+        left = []
+        for at in tqdm(range(0, len(js), per_chunk), desc=desc, disable=not progress or not js):
+            chunk = [examples[indices[j]] for j in js[at:at + per_chunk]]
+            with recommender.autocast():
+                got = score_batch(model, trie, [enc.prompt_ids(e.history) for e in chunk],
+                                  [[tuple(enc.target_ids(e.target)), *returned[j], *paths]
+                                   for j, e in zip(js[at:at + per_chunk], chunk)], decode.constrained_softmax)
+            for j, scores in zip(js[at:at + per_chunk], got):
+                scored[j] = scores
+                if not finish(j, _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned[j],
+                                                 cap, ks, walk=False, known=known[j], margin=margin, scored=scores)):
+                    left.append(j)
+        return left
+
+    if cap is None:  # every title scored for every user
+        for j in tqdm(todo, desc="ranking targets", disable=not progress):
+            finish(j, _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], [], cap, ks))
+        undecided = []
+    else:
+        undecided = stage(todo, [], "ranking targets")
+        # The most likely titles are often the shortest (a log-prob sums negative terms): scored with
+        # the target they decide most users the returned titles left undecided (10 of 11 such sft users
+        # on Office), for ~700 tokens a user, where the walk costs thousands of prefixes a level.
+        short = _shortest_titles(trie, SHORT_TITLES)
+        if short and undecided:
+            undecided = stage(undecided, short, "ranking targets (short titles)")
+    # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
+    # so the returned titles are not the most probable ones (a long target can outscore most of them;
+    # on a whole-vocabulary softmax the walk then visits thousands of prefixes a level). The same search without normalisation
+    # (RAW_BEAMS * max K beams) returns likely titles by that probability with their log-probabilities
+    # as its scores: users still undecided get those as evidence (one batched decode of those users),
+    # and only users still undecided are walked. Exact either way: evidence ends a search only by
+    # showing max K titles above the target (by a margin: under bf16 autocast the two computations
+    # round apart by up to FLOOR_SLACK).
+    if undecided and raw_search:
         raw = copy.copy(recommender)
         raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))
         more = raw.recommend([examples[indices[j]].history for j in undecided], progress=progress)
         for j, extra in zip(undecided, tqdm(more, desc="ranking targets (raw beams)", disable=not progress)):
-            returned = [trie.item_paths[items[0]] for items in recs[j].items]
             # without length normalisation (or IGD weights) a beam's score is its log-probability
-            known = {trie.node_of(trie.item_paths[items[0]]): score for items, score in zip(extra.items, extra.scores)}
-            users[j] = _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned, cap, ks,
-                                       known=known, margin=margin, raw_beams=True)
-            if record is not None:
-                record(users[j])
+            evidence = {**(known[j] or {}), **{trie.node_of(trie.item_paths[items[0]]): score
+                                               for items, score in zip(extra.items, extra.scores)}}
+            finish(j, _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned[j], cap, ks,
+                                      known=evidence, margin=margin, raw_beams=True, scored=scored[j]))
+        undecided = []
+    for j in undecided:  # the prefix walk
+        finish(j, _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned[j], cap, ks,
+                                  known=known[j], margin=margin, scored=scored[j]))
     return {**summarize_pruning(users, ks, decode), "rank_cap": cap,
             "raw_beam_users": sum(bool(u.get("raw_beams")) for u in users)}
 
 
+def _shortest_titles(trie: TitleTrie, n: int) -> list[tuple[int, ...]]:
+    """The `n` titles (paths) with the fewest tokens, ties by token ids."""
+    return sorted(set(trie.item_paths.values()), key=lambda p: (len(p), p))[:n]
+
+
+def _returned_log_probs(rec: Recommendation, trie: TitleTrie, length_penalty: float) -> dict[int, float]:
+    """{terminal node: log-prob} of the returned titles from the decoder's scores (sum / len ** lp)."""
+    paths = [trie.item_paths[items[0]] for items in rec.items]
+    return {trie.node_of(p): score * float(len(p)) ** length_penalty for p, score in zip(paths, rec.scores)}
+
+
 def _pruning_record(recommender: Recommender, example, index: int, rec: Recommendation, candidates, cap, ks,
-                    walk: bool = True, known: dict[int, float] | None = None,
-                    margin: float = KNOWN_MARGIN, raw_beams: bool = False) -> dict | None:
-    """One user's record (None: `walk` False and the candidates left the rank undecided)."""
+                    walk: bool = True, known: dict[int, float] | None = None, margin: float = KNOWN_MARGIN,
+                    raw_beams: bool = False, scored: dict[int, float] | None = None) -> dict | None:
+    """One user's record (None: `walk` False and the candidates left the rank undecided). `scored`:
+    the target's and the candidates' log-probs, computed already."""
     enc, model, trie = recommender.encoder, recommender.model, recommender.encoder.trie
     prompt = enc.prompt_ids(example.history)
     path = tuple(enc.target_ids(example.target))
     pruned = example.target not in {item for items in rec.items for item in items}
     with recommender.autocast():
         rank = overall_rank(model, trie, prompt, path, recommender.decode.constrained_softmax, candidates, cap, walk,
-                            known, margin)
+                            known, margin, scored)
         if rank is None:
             return None
         counted = pruned and rank < max(ks)  # the only violations summarize_pruning reads

@@ -161,28 +161,37 @@ class Prefilled:
             state, _ = self.scorer.forward(ids, attn, pos, self.cache, keep=keep)
         return state
 
-    def feed_sequences(self, sequences: list[list[int]]) -> None:
-        """Score whole token sequences after the one prompt in one forward (shared-prefix cache only):
-        each sequence becomes a row fed all its tokens but the last; `state` then holds, row-major,
-        the state before each token of each sequence (the prompt's last state, then the state after
-        each fed token), so `child_log_probs` can score every token of every sequence at once."""
-        if not self.shared or len(self.prompt_len) != 1 or len(self.cache.length) != 1:
-            raise ValueError("feed_sequences needs the shared-prefix cache and one prompt, nothing generated")
+    def feed_sequences(self, sequences: list[list[int]], prompt_of: list[int] | None = None) -> None:
+        """Score whole token sequences after the prompts in one forward (shared-prefix cache only):
+        sequence i follows prompt `prompt_of[i]` (None: every sequence the one prompt) and becomes a
+        row fed all its tokens but the last; `state` then holds, row-major, the state before each
+        token of each sequence (its prompt's last state, then the state after each fed token), so
+        `child_log_probs` can score every token of every sequence at once."""
+        prompts = len(self.prompt_len)
+        if not self.shared or len(self.cache.length) != prompts or (
+                len(sequences) != len(prompt_of) if prompt_of is not None else prompts > 1):
+            raise ValueError("feed_sequences needs the shared-prefix cache, nothing generated, and the prompt of "
+                             "every sequence")
         if not sequences or any(len(s) == 0 for s in sequences):
             raise ValueError("every sequence needs at least one token")
+        prompt_of = [0] * len(sequences) if prompt_of is None else list(prompt_of)
+        if any(not 0 <= p < prompts for p in prompt_of):
+            raise ValueError(f"prompt_of names a prompt outside 0..{prompts - 1}")
+        owner = torch.tensor(prompt_of, dtype=torch.long)
         fed = torch.tensor([len(s) - 1 for s in sequences])
-        prompt_state = self.state[:1]
-        self.cache.reorder(torch.zeros(len(sequences), dtype=torch.long))
+        prompt_state = self.state[:prompts]
+        self.cache.reorder(owner)
         need = torch.nonzero(fed > 0).flatten()
         states = prompt_state[:0]
         if len(need):
             counts = fed[need]
             tokens = torch.tensor([t for i in need.tolist() for t in sequences[i][:-1]])
             cols = self.cache.plan(need, counts, self.device)
-            states = self._feed_packed(need, counts, tokens, self.prompt_len[0] + cols, keep=None)
+            slot = ragged.segment_ids(counts)
+            states = self._feed_packed(need, counts, tokens, self.prompt_len[owner[need][slot]] + cols, keep=None)
         starts = torch.zeros(len(sequences), dtype=torch.long)
         starts[need] = ragged.segment_starts(fed[need])
-        own = [[len(states)] + list(range(int(b), int(b) + int(n))) for b, n in zip(starts, fed)]
+        own = [[len(states) + p] + list(range(int(b), int(b) + int(n))) for p, b, n in zip(prompt_of, starts, fed)]
         index = torch.tensor([i for row in own for i in row])
         self.state = torch.cat([states, prompt_state])[to_device(self.device, index)[0]]
 

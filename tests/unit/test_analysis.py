@@ -82,24 +82,133 @@ def test_scores_of_given_titles_equal_exhaustive_teacher_forcing(setup, constrai
     assert score_paths(model, enc.trie, prompt, [], constrained) == {}
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_scores_of_several_prompts_at_once_equal_each_prompt_alone(setup, constrained, shared, monkeypatch):
+    """`score_batch`: one prefill of several prompts (different lengths, a prompt with no paths, a path
+    asked twice) and one forward give each prompt what teacher forcing gives it."""
+    import bearrec.feeding as feeding
+    from bearrec.analysis import score_batch
+
+    model, enc = setup
+    if not shared:
+        monkeypatch.setattr(feeding.prefix_attention, "supports", lambda m: False)
+    rng = random.Random(11)
+    paths = sorted(set(enc.trie.item_paths.values()))
+    prompts = [enc.prompt_ids(h) for h in ([1, 2], [5], [9, 10, 3], [4])]
+    asked = [rng.sample(paths, 3), [], [paths[0], paths[0]], rng.sample(paths, 5)]
+    got = score_batch(model, enc.trie, prompts, asked, constrained)
+    assert len(got) == 4 and got[1] == {}
+    for prompt, per, scores in zip(prompts, asked, got):
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained, length_penalty=0.0)
+        assert {enc.trie.node_of(p) for p in per} <= set(scores)
+        for path in per:
+            assert scores[enc.trie.node_of(path)] == pytest.approx(exact[path], abs=1e-4)
+    assert score_batch(model, enc.trie, [], [], constrained) == []
+    with pytest.raises(ValueError, match="1 lists of paths for 2 prompts"):
+        score_batch(model, enc.trie, prompts[:2], asked[:1], constrained)
+
+
+def test_feeding_sequences_names_a_missing_prompt(setup):
+    from bearrec.decoding import Prefilled
+
+    model, enc = setup
+    run = Prefilled(model, [enc.prompt_ids([1]), enc.prompt_ids([2, 3])], True, pad_token_id=0, shared_prefix=True)
+    with pytest.raises(ValueError, match="prompt of every sequence"):
+        run.feed_sequences([[5, 6]])  # two prompts: whose?
+    with pytest.raises(ValueError, match="outside 0..1"):
+        run.feed_sequences([[5, 6]], [2])
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_a_returned_score_times_the_length_power_is_the_titles_log_prob(setup, constrained, length_penalty):
+    """What the pruning analysis reads off the decoder's scores instead of scoring the returned titles
+    again: score * len(path) ** length_penalty equals the teacher-forced log-probability."""
+    from bearrec.analysis import _returned_log_probs
+
+    model, enc = setup
+    rec = Recommender(model, enc, DecodeConfig(num_beams=4, constrained_softmax=constrained, batch_size=3,
+                                               length_penalty=length_penalty))
+    histories = [(1, 2), (5,), (9, 10, 3), (4, 4)]
+    for history, ranked in zip(histories, rec.recommend(histories)):
+        exact = exhaustive_scores(model, enc.trie, enc.prompt_ids(history), constrained_softmax=constrained,
+                                  length_penalty=0.0)
+        paths = [enc.trie.item_paths[items[0]] for items in ranked.items]
+        got = _returned_log_probs(ranked, enc.trie, length_penalty)
+        assert len(got) == len(paths) == 4
+        assert all(got[enc.trie.node_of(p)] == pytest.approx(exact[p], abs=1e-5) for p in paths)
+
+
+@pytest.mark.parametrize("autocast", ["none", "bfloat16"])
+def test_what_is_scored_again_per_stage(setup, autocast, monkeypatch):
+    """In fp32 the returned titles' log-probs come from the decoder's scores: first each user's target
+    is the one path scored, all users of a decode batch in one call; the users the returned titles
+    leave undecided (fewer than max K of them beat the target) then get the shortest titles scored
+    with the target. Under bf16 autocast (evidence needs a wide margin there) the returned titles are
+    scored with the target in both stages, as exactly as before."""
+    import bearrec.analysis as analysis
+
+    model, enc = setup
+    rng = random.Random(12)
+    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+                for i in range(7)]
+    rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=8, length_penalty=0.0, autocast=autocast))
+    calls = []
+    real = analysis.score_batch
+    monkeypatch.setattr(analysis, "score_batch", lambda m, t, prompts, paths, c: calls.append(paths) or
+                        real(m, t, prompts, paths, c))
+    monkeypatch.setattr(analysis, "SHORT_TITLES", 2)
+    short = sorted(set(enc.trie.item_paths.values()), key=lambda p: (len(p), p))[:2]
+    result = analyze(rec, examples, list(range(7)), ks=(1, 3), progress=False)
+    targets = [tuple(enc.target_ids(e.target)) for e in examples]
+    if autocast == "none":
+        undecided = []
+        for e, target, ranked in zip(examples, targets, rec.recommend([e.history for e in examples])):
+            exact = exhaustive_scores(model, enc.trie, enc.prompt_ids(e.history), constrained_softmax=True,
+                                      length_penalty=0.0)
+            beaten = [p for p in (enc.trie.item_paths[items[0]] for items in ranked.items)
+                      if p != target and exact[p] > exact[target] + 1e-4]
+            if len(beaten) < 3:
+                undecided.append(target)
+        assert calls[0] == [[t] for t in targets]
+        assert 0 < len(undecided) < 7
+        assert calls[1:] == [[[t, *short] for t in undecided[i:i + 2]]  # 8 // (1 + 2): two users a call
+                             for i in range(0, len(undecided), 2)]
+    else:  # 8 // (1 + 3 beams): two users a call, each target then its three returned titles; then one a call
+        first = [c for c in calls if all(len(per) == 4 for per in c)]
+        assert [len(c) for c in first] == [2, 2, 2, 1] and [per[0] for c in first for per in c] == targets
+        assert len(calls) > 4 and all(len(c) == 1 and len(c[0]) == 6 and c[0][4:] == short for c in calls[4:])
+    assert [u["index"] for u in result["users"]] == list(range(7))
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_titles_above_a_score_come_back_until_cap_of_them_are_found(setup, constrained):
     model, enc = setup
     prompt = enc.prompt_ids([3, 7])
     full = score_all_titles(model, enc.trie, prompt, constrained)
-    stopped_early = 0
+    depth = {enc.trie.node_of(p): len(p) for p in enc.trie.item_paths.values()}
+    stopped_early = shortened = 0
     for score in sorted(full.values())[1::3]:
         above = {n for n, v in full.items() if v > score}
         everything = titles_above(model, enc.trie, prompt, score, cap=len(full), constrained_softmax=constrained)
         assert above <= set(everything) < set(full)
         assert all(everything[n] == pytest.approx(full[n], abs=1e-5) for n in everything)
-        for cap in (1, 2, 4):
+        for cap in (1, 2, 4, 6):
             got = titles_above(model, enc.trie, prompt, score, cap, constrained_softmax=constrained)
             assert all(got[n] == pytest.approx(full[n], abs=1e-5) for n in got)
             assert len(above & set(got)) >= min(cap, len(above))
             assert set(got) <= set(everything)
             stopped_early += len(got) < len(everything)
+            # titles shown to beat the score elsewhere (a search's evidence) count towards the cap
+            shown = frozenset(sorted(above, key=depth.get, reverse=True)[:cap - 1])  # those the walk meets last
+            with_shown = titles_above(model, enc.trie, prompt, score, cap, constrained, shown=shown)
+            assert all(with_shown[n] == pytest.approx(full[n], abs=1e-5) for n in with_shown)
+            assert len({n for n in with_shown if full[n] > score} | shown) >= min(cap, len(above))
+            assert set(with_shown) <= set(got)
+            shortened += len(with_shown) < len(got)
     assert stopped_early > 0  # the walk ended before the floor alone would have ended it
+    assert shortened > 0  # and the titles shown ended it sooner
 
 
 @pytest.mark.parametrize("constrained", [True, False])
@@ -121,7 +230,14 @@ def test_capped_rank_equals_the_full_rank_below_the_cap(setup, constrained):
 
 @pytest.mark.parametrize("constrained, num_beams, length_penalty", [(True, 2, 1.0), (True, 3, 1.0), (False, 2, 1.0),
                                                                      (True, 3, 0.0), (False, 2, 0.0)])
-def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams, length_penalty):
+@pytest.mark.parametrize("short_titles", [0, 64])
+def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams, length_penalty, short_titles,
+                                                  monkeypatch):
+    """Every stage (the returned titles, the shortest titles: 64 here is every title, the search
+    without normalisation, the walk) against exhaustive teacher forcing."""
+    import bearrec.analysis as analysis
+
+    monkeypatch.setattr(analysis, "SHORT_TITLES", short_titles)
     model, enc = setup
     rng = random.Random(3)
     examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
@@ -142,16 +258,18 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams,
         violation = _brute_violation(model, enc, prompt, path, num_beams, constrained) if pruned and rank < 5 else None
         expected_users.append({"index": int(e.user_id), "overall_rank": rank, "pruned": pruned, "violation": violation})
     assert uncapped["users"] == [{**u, "raw_beams": False} for u in expected_users] and uncapped["rank_cap"] is None
-    assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5), "raw_beams": bool(length_penalty)}
-                               for u in expected_users]
+    # undecided by the returned titles (B < max K here: all of them), then (short_titles 0) the beams
+    # without length normalisation; with every title scored, only users ranked below max K go on
+    raw_users = [bool(length_penalty) and (short_titles == 0 or u["overall_rank"] < 5) for u in expected_users]
+    assert result["users"] == [{**u, "overall_rank": min(u["overall_rank"], 5), "raw_beams": raw}
+                               for u, raw in zip(expected_users, raw_users)]
     assert result == {**summarize_pruning(expected_users, (1, 3, 5), decode), "users": result["users"], "rank_cap": 5,
                       "raw_beam_users": result["raw_beam_users"]}
     assert any(u["overall_rank"] > 5 for u in expected_users)  # the cap was exercised
     assert any(u["pruned"] for u in expected_users) and any(not u["pruned"] for u in expected_users)
     assert result["PR@5"]["eligible"] > 0
-    # undecided by the returned titles (B < max K here: all of them), then the beams without length
-    # normalisation; with none (length_penalty 0) the returned titles already are those
-    assert result["raw_beam_users"] == (len(examples) if length_penalty else 0) and uncapped["raw_beam_users"] == 0
+    assert result["raw_beam_users"] == sum(raw_users) and (sum(raw_users) > 0 or not length_penalty)
+    assert uncapped["raw_beam_users"] == 0
     assert any(u["pruned"] and u["overall_rank"] >= 5 and u["violation"] is None for u in expected_users)
     assert any(u["violation"] is not None for u in expected_users)
 
