@@ -233,12 +233,13 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
         per_chunk = max(1, decode.batch_size // (1 + len(returned[js[0]]) + len(paths))) if js else 1
         left = []
         for at in tqdm(range(0, len(js), per_chunk), desc=desc, disable=not progress or not js):
-            chunk = [examples[indices[j]] for j in js[at:at + per_chunk]]
+            part = js[at:at + per_chunk]
+            chunk = [examples[indices[j]] for j in part]
             with recommender.autocast():
                 got = score_batch(model, trie, [enc.prompt_ids(e.history) for e in chunk],
                                   [[tuple(enc.target_ids(e.target)), *returned[j], *paths]
-                                   for j, e in zip(js[at:at + per_chunk], chunk)], decode.constrained_softmax)
-            for j, scores in zip(js[at:at + per_chunk], got):
+                                   for j, e in zip(part, chunk)], decode.constrained_softmax)
+            for j, scores in zip(part, got):
                 scored[j] = scores
                 if not finish(j, _pruning_record(recommender, examples[indices[j]], indices[j], recs[j], returned[j],
                                                  cap, ks, walk=False, known=known[j], margin=margin, scored=scores)):
@@ -259,12 +260,12 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
             undecided = stage(undecided, short, "ranking targets (short titles)")
     # With length normalisation the beams rank by score / length, PR@K by the overall log-probability,
     # so the returned titles are not the most probable ones (a long target can outscore most of them;
-    # on a whole-vocabulary softmax the walk then visits thousands of prefixes a level). The same search without normalisation
-    # (RAW_BEAMS * max K beams) returns likely titles by that probability with their log-probabilities
-    # as its scores: users still undecided get those as evidence (one batched decode of those users),
-    # and only users still undecided are walked. Exact either way: evidence ends a search only by
-    # showing max K titles above the target (by a margin: under bf16 autocast the two computations
-    # round apart by up to FLOOR_SLACK).
+    # on a whole-vocabulary softmax the walk then visits thousands of prefixes a level). The same
+    # search without normalisation (RAW_BEAMS * max K beams) returns likely titles by that probability
+    # with their log-probabilities as its scores: users still undecided get those as evidence (one
+    # batched decode of those users), and only users still undecided are walked. Exact either way:
+    # evidence ends a search only by showing max K titles above the target (by a margin: under bf16
+    # autocast the two computations round apart by up to FLOOR_SLACK).
     if undecided and raw_search:
         raw = copy.copy(recommender)
         raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))
