@@ -209,13 +209,15 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     else:
         recs = recommendations
     raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
-    margin = FLOOR_SLACK if decode.autocast == "bfloat16" else KNOWN_MARGIN
+    # bf16 autocast or weights stored below fp32: sums of token log-probs round apart between batches
+    low_precision = decode.autocast == "bfloat16" or next(recommender.model.parameters()).dtype != torch.float32
+    margin = FLOOR_SLACK if low_precision else KNOWN_MARGIN
     # Without ghost tokens or IGD weights a returned title's score is the decoder's sum of its token
     # log-probs / length ** length_penalty: times the length's power, evidence as good as the raw
-    # search's, so only the target is scored (in fp32; under bf16 autocast, where evidence needs
+    # search's, so only the target is scored (in fp32; in low precision, where evidence needs
     # FLOOR_SLACK, the returned titles are scored with it, exactly).
     from_scores = cap is not None and decode.ghost_threshold is None and recommender.token_weights is None \
-        and decode.autocast != "bfloat16"
+        and not low_precision
     users: list[dict | None] = [done.get(i) for i in indices]
     returned = {j: [] if from_scores else [trie.item_paths[items[0]] for items in recs[j].items] for j in todo}
     known = {j: _returned_log_probs(recs[j], trie, decode.length_penalty) if from_scores else None for j in todo}
