@@ -227,6 +227,27 @@ def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tu
     return pairs
 
 
+def softmax_grid(runs: dict[str, list[Path]]) -> list[str]:
+    """Markdown: per method (row name -> its runs), the mean test NDCG@10 under each softmax over the
+    seeds decoded that way (the run's own eval-test and its *-softmax decodes), so the loss and the
+    decoder read apart; [] when no run was decoded both ways."""
+    folders = ["eval-test", *sorted({f for _, _, f in DECODED.values() if f.endswith("-softmax")})]
+    cells = {}
+    for name, members in runs.items():
+        for run in members:
+            for folder in folders:
+                path = run / folder / "metrics.json"
+                if path.exists():
+                    m = json.loads(path.read_text())
+                    cells.setdefault(name, {}).setdefault(m["constrained_softmax"], []).append(m["item"]["NDCG@10"])
+    if not any(len(c) == 2 for c in cells.values()):
+        return []
+    show = lambda xs: f"{statistics.fmean(xs):.4f} ({len(xs)})" if xs else ""  # noqa: E731
+    return ["Test NDCG@10 by loss and decoder (mean over seeds (seeds)):", "",
+            "| method | softmax over valid tokens | softmax over the vocabulary |", "|---|---|---|",
+            *(f"| {name} | {show(c.get(True, []))} | {show(c.get(False, []))} |" for name, c in cells.items()), ""]
+
+
 def report(args) -> dict:
     root = Path(args.root)
     summary, lines = {}, ["# Reproduction summary", "", f"Root: `{root}`", ""]
@@ -304,6 +325,7 @@ def report(args) -> dict:
             lines.append(f"| {name} | {len(d['seeds'])} | {speed} | {d['chosen_epochs']} | "
                          f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
         lines += ["", *seeds_table, ""]
+        lines += softmax_grid({name: members for name, members in compared.items() if name not in DECODED})
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     return summary

@@ -200,3 +200,26 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
     assert [str(o.relative_to(tmp_path / "office")) for o in outs] == [
         "sft/seed=1", "msl/seed=1", "sdpo/seed=1", "sft/seed=2", "msl/seed=2", "sdpo/seed=2"]
     assert after == [None, None, outs[0], None, None, outs[3]]
+
+
+def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce, tmp_path):
+    """Each run's own evaluation and its *-softmax decode land in the column of the softmax they used
+    (read from their metrics); D3's decode is not a column; no grid without a run decoded both ways."""
+    def evaluation(run: Path, folder: str, constrained: bool, ndcg: float) -> None:
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        (run / folder / "metrics.json").write_text(json.dumps({"constrained_softmax": constrained,
+                                                               "item": {"NDCG@10": ndcg}}))
+
+    sft = [tmp_path / "sft" / f"seed={s}" for s in (0, 1)]
+    msl = [tmp_path / "msl" / f"seed={s}" for s in (0, 1)]
+    for run, own, other in zip(sft, (0.02, 0.04), (0.01, None)):
+        evaluation(run, "eval-test", False, own)
+        evaluation(run, "eval-test-d3", False, 0.5)
+        if other is not None:
+            evaluation(run, "eval-test-valid-softmax", True, other)
+    for run, own in zip(msl, (0.03, 0.05)):
+        evaluation(run, "eval-test", True, own)
+    assert reproduce.softmax_grid({"msl": msl}) == []
+    grid = reproduce.softmax_grid({"sft": sft, "msl": msl})
+    assert grid[2:6] == ["| method | softmax over valid tokens | softmax over the vocabulary |", "|---|---|---|",
+                         "| sft | 0.0100 (1) | 0.0300 (2) |", "| msl | 0.0400 (2) |  |"]
