@@ -229,23 +229,33 @@ def anchor_pairs(compared: dict[str, list[Path]], chosen: str | None) -> list[tu
 
 def softmax_grid(runs: dict[str, list[Path]]) -> list[str]:
     """Markdown: per method (row name -> its runs), the mean test NDCG@10 under each softmax over the
-    seeds decoded that way (the run's own eval-test and its *-softmax decodes), so the loss and the
-    decoder read apart; [] when no run was decoded both ways."""
-    folders = ["eval-test", *sorted({f for _, _, f in DECODED.values() if f.endswith("-softmax")})]
-    cells = {}
+    seeds decoded both ways (the run's eval-test and a *-softmax decode of the same users that differs
+    from it in the softmax only), so the loss and the decoder read apart; [] when no run was."""
+    same = ("num_users", "num_beams", "length_penalty", "ghost_threshold", "igd_alpha", "preset")
+    folders = sorted({f for _, _, f in DECODED.values() if f.endswith("-softmax")})
+    rows = {}
     for name, members in runs.items():
         for run in members:
-            for folder in folders:
-                path = run / folder / "metrics.json"
-                if path.exists():
-                    m = json.loads(path.read_text())
-                    cells.setdefault(name, {}).setdefault(m["constrained_softmax"], []).append(m["item"]["NDCG@10"])
-    if not any(len(c) == 2 for c in cells.values()):
+            own = _read_json(run / "eval-test" / "metrics.json")
+            for other in (_read_json(run / f / "metrics.json") for f in folders):
+                if own and other and other["constrained_softmax"] != own["constrained_softmax"] and all(
+                        other.get(k) == own.get(k) for k in same):
+                    pair = {m["constrained_softmax"]: m["item"]["NDCG@10"] for m in (own, other)}
+                    rows.setdefault(name, []).append((pair[True], pair[False]))
+                    break
+    if not rows:
         return []
-    show = lambda xs: f"{statistics.fmean(xs):.4f} ({len(xs)})" if xs else ""  # noqa: E731
-    return ["Test NDCG@10 by loss and decoder (mean over seeds (seeds)):", "",
-            "| method | softmax over valid tokens | softmax over the vocabulary |", "|---|---|---|",
-            *(f"| {name} | {show(c.get(True, []))} | {show(c.get(False, []))} |" for name, c in cells.items()), ""]
+    lines = ["Test NDCG@10 by loss and decoder (mean over the seeds decoded both ways):", "",
+             "| method | seeds | softmax over valid tokens | softmax over the vocabulary | valid - vocabulary |",
+             "|---|---|---|---|---|"]
+    for name, pairs in rows.items():
+        valid, vocab = (statistics.fmean(x) for x in zip(*pairs))
+        lines.append(f"| {name} | {len(pairs)} | {valid:.4f} | {vocab:.4f} | {valid - vocab:+.4f} |")
+    return [*lines, ""]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def report(args) -> dict:

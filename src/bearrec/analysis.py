@@ -32,7 +32,7 @@ from bearrec.evaluation import Recommendation, Recommender
 from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
 
-FLOOR_SLACK = 0.25  # nats below the target's score still walked: rounding (bf16 autocast) differs between batches
+FLOOR_SLACK = 0.25  # nats below the target's score still walked: low-precision rounding differs between batches
 RAW_BEAMS = 2  # the search without length normalisation keeps RAW_BEAMS * max K beams (5x: no more users decided)
 SHORT_TITLES = 64  # the titles with the fewest tokens, scored for users the returned titles leave undecided
 PRUNING_KEYS = ("index", "overall_rank", "pruned", "violation")  # of a user's record
@@ -209,8 +209,9 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     else:
         recs = recommendations
     raw_search = cap is not None and decode.length_penalty != 0 and recommender.token_weights is None
-    # bf16 autocast or weights stored below fp32: sums of token log-probs round apart between batches
-    low_precision = decode.autocast == "bfloat16" or next(recommender.model.parameters()).dtype != torch.float32
+    # bf16 autocast or any weights stored in 16 bits: sums of token log-probs round apart between batches
+    low_precision = decode.autocast == "bfloat16" or any(
+        p.dtype in (torch.bfloat16, torch.float16) for p in recommender.model.parameters())
     margin = FLOOR_SLACK if low_precision else KNOWN_MARGIN
     # Without ghost tokens or IGD weights a returned title's score is the decoder's sum of its token
     # log-probs / length ** length_penalty: times the length's power, evidence as good as the raw
@@ -266,8 +267,8 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     # search without normalisation (RAW_BEAMS * max K beams) returns likely titles by that probability
     # with their log-probabilities as its scores: users still undecided get those as evidence (one
     # batched decode of those users), and only users still undecided are walked. Exact either way:
-    # evidence ends a search only by showing max K titles above the target (by a margin: under bf16
-    # autocast the two computations round apart by up to FLOOR_SLACK).
+    # evidence ends a search only by showing max K titles above the target (by a margin: in low
+    # precision the two computations round apart by up to FLOOR_SLACK).
     if undecided and raw_search:
         raw = copy.copy(recommender)
         raw.decode = dataclasses.replace(decode, length_penalty=0.0, num_beams=max(decode.num_beams, RAW_BEAMS * cap))

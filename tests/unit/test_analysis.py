@@ -163,10 +163,17 @@ def test_what_is_scored_again_per_stage(setup, autocast, monkeypatch):
     monkeypatch.setattr(analysis, "score_batch", lambda m, t, prompts, paths, c: calls.append(paths) or
                         real(m, t, prompts, paths, c))
     monkeypatch.setattr(analysis, "SHORT_TITLES", 2)
+    margins = []
+    record = analysis._pruning_record
+    monkeypatch.setattr(analysis, "_pruning_record", lambda *a, **kw: margins.append(kw.get("margin")) or
+                        record(*a, **kw))
     short = sorted(set(enc.trie.item_paths.values()), key=lambda p: (len(p), p))[:2]
     result = analyze(rec, examples, list(range(7)), ks=(1, 3), progress=False)
+    fp32 = autocast == "none" and next(model.parameters()).dtype == torch.float32
+    # evidence from other computations must beat the target by the margin of their rounding
+    assert margins and set(margins) <= {analysis.KNOWN_MARGIN if fp32 else analysis.FLOOR_SLACK, None}
     targets = [tuple(enc.target_ids(e.target)) for e in examples]
-    if autocast == "none" and next(model.parameters()).dtype == torch.float32:
+    if fp32:
         undecided = []
         for e, target, ranked in zip(examples, targets, rec.recommend([e.history for e in examples])):
             exact = exhaustive_scores(model, enc.trie, enc.prompt_ids(e.history), constrained_softmax=True,

@@ -203,23 +203,29 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
 
 
 def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce, tmp_path):
-    """Each run's own evaluation and its *-softmax decode land in the column of the softmax they used
-    (read from their metrics); D3's decode is not a column; no grid without a run decoded both ways."""
-    def evaluation(run: Path, folder: str, constrained: bool, ndcg: float) -> None:
+    """A run counts when a *-softmax decode of its test users differs from its eval-test in the
+    softmax only (read from their metrics): D3's decode, a decode of other users or with another
+    setting, and one with the same softmax do not; both columns average the same seeds."""
+    def evaluation(run: Path, folder: str, constrained: bool, ndcg: float, **other) -> None:
         (run / folder).mkdir(parents=True, exist_ok=True)
-        (run / folder / "metrics.json").write_text(json.dumps({"constrained_softmax": constrained,
+        (run / folder / "metrics.json").write_text(json.dumps({"constrained_softmax": constrained, "num_users": 40,
+                                                               "length_penalty": 1.0, **other,
                                                                "item": {"NDCG@10": ndcg}}))
 
-    sft = [tmp_path / "sft" / f"seed={s}" for s in (0, 1)]
+    sft = [tmp_path / "sft" / f"seed={s}" for s in range(5)]
     msl = [tmp_path / "msl" / f"seed={s}" for s in (0, 1)]
-    for run, own, other in zip(sft, (0.02, 0.04), (0.01, None)):
+    for run, own in zip(sft, (0.02, 0.04, 0.06, 0.08, 0.10)):
         evaluation(run, "eval-test", False, own)
-        evaluation(run, "eval-test-d3", False, 0.5)
-        if other is not None:
-            evaluation(run, "eval-test-valid-softmax", True, other)
+        evaluation(run, "eval-test-d3", True, 0.5)  # not a softmax decode, whatever its metrics say
+    evaluation(sft[0], "eval-test-valid-softmax", True, 0.01)
+    evaluation(sft[1], "eval-test-valid-softmax", True, 0.03)
+    evaluation(sft[2], "eval-test-valid-softmax", True, 0.9, num_users=16)  # other users
+    evaluation(sft[3], "eval-test-valid-softmax", True, 0.9, length_penalty=0.0)  # another setting
+    evaluation(sft[4], "eval-test-vocab-softmax", False, 0.9)  # the softmax eval-test already used
     for run, own in zip(msl, (0.03, 0.05)):
         evaluation(run, "eval-test", True, own)
     assert reproduce.softmax_grid({"msl": msl}) == []
     grid = reproduce.softmax_grid({"sft": sft, "msl": msl})
-    assert grid[2:6] == ["| method | softmax over valid tokens | softmax over the vocabulary |", "|---|---|---|",
-                         "| sft | 0.0100 (1) | 0.0300 (2) |", "| msl | 0.0400 (2) |  |"]
+    assert grid[2] == ("| method | seeds | softmax over valid tokens | softmax over the vocabulary | "
+                       "valid - vocabulary |")
+    assert grid[4:] == ["| sft | 2 | 0.0200 | 0.0300 | -0.0100 |", ""]
