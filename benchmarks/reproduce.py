@@ -231,7 +231,7 @@ def softmax_grid(runs: dict[str, list[Path]]) -> list[str]:
     """Markdown: per method (row name -> its runs), the mean test NDCG@10 under each softmax over the
     seeds decoded both ways (the run's eval-test and a *-softmax decode of the same users that differs
     from it in the softmax only), so the loss and the decoder read apart; [] when no run was."""
-    same = ("num_users", "num_beams", "length_penalty", "ghost_threshold", "igd_alpha", "preset")
+    same = ("num_users", "num_beams", "length_penalty", "ghost_threshold", "igd_alpha", "preset", "exclude_history")
     folders = sorted({f for _, _, f in DECODED.values() if f.endswith("-softmax")})
     rows = {}
     for name, members in runs.items():

@@ -28,6 +28,7 @@ from bearrec import prefix_attention, ragged
 from bearrec.atomic import atomic_write_text
 from bearrec.config import DecodeConfig
 from bearrec.decoding import Prefilled
+from bearrec.errors import BearrecError
 from bearrec.evaluation import Recommendation, Recommender
 from bearrec.losses import Allowed, bear_terms
 from bearrec.trie import TitleTrie
@@ -195,6 +196,9 @@ def analyze(recommender: Recommender, examples, indices: list[int], ks=(5, 10), 
     earlier, cut-off analysis finished (kept as they are); `record(user)` is called with each new
     user's record as soon as it exists (`evaluation.read_records` with PRUNING_KEYS reads them back)."""
     enc, decode = recommender.encoder, recommender.decode
+    if decode.exclude_history:
+        raise BearrecError("the pruning analysis ranks every title, the history's too: decode with "
+                           "decode.exclude_history=false to analyse pruning")
     cap = None if exact_ranks else max(ks)
     model, trie = recommender.model, enc.trie
     done = {i: u for i, u in (done or {}).items() if i in set(indices)}

@@ -78,7 +78,7 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
                 constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
                 shared_prefix: bool | None = None, ghost_threshold: float | None = None,
                 token_weights: torch.Tensor | None = None, forced_chains: bool = True,
-                stats: "DecodeStats | None" = None) -> list[Ranked]:
+                stats: "DecodeStats | None" = None, excluded: list[list[int]] | None = None) -> list[Ranked]:
     """Decode a batch of prompts (token ids). Returns, per prompt, up to `num_beams` distinct titles.
 
     `shared_prefix`: keep the prompt's KV once per user (`bearrec.prefix_attention`); None: where
@@ -87,7 +87,9 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
     (None: every token counts, Hugging Face's rule). `token_weights`: per trie node, the factor on
     the log-prob of the token leading to it (IGD; None: 1). `forced_chains`: False feeds every beam every
     step (the reference schedule, for tests and benchmarks; same results to float rounding).
-    `stats`: filled with step and forward counts."""
+    `stats`: filled with step and forward counts. `excluded`: per prompt, terminal trie nodes (titles)
+    never returned: their EOS candidate scores -inf, so it neither finishes nor takes a beam's place,
+    and no other score changes (e.g. the titles of the user's history; None: none)."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
@@ -97,10 +99,14 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
                          f"got shape {tuple(token_weights.shape)}")
     if token_weights is not None:  # callers build them on the host; the scores live on the model's device
         token_weights = token_weights.to(next(model.parameters()).device)
+    if excluded is not None and len(excluded) != len(prompts):
+        raise ValueError(f"excluded names titles for {len(excluded)} prompts, not {len(prompts)}")
+    banned = ragged.padded(torch.tensor([n for e in excluded for n in e], dtype=torch.long),
+                           torch.tensor([len(e) for e in excluded]), -1, min_width=1) if excluded else None
     run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
     with run.attention():
         return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats,
-                       token_weights=token_weights)
+                       token_weights=token_weights, banned=banned)
 
 
 @torch.no_grad()
@@ -222,8 +228,10 @@ class _Hypotheses:
 
 def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghost_threshold: float | None = None,
             on_select: SelectHook | None = None, forced_chains: bool = True,
-            stats: DecodeStats | None = None, token_weights: torch.Tensor | None = None) -> list[Ranked]:
-    """The beam search over prefilled prompts (runs inside `run.attention()`)."""
+            stats: DecodeStats | None = None, token_weights: torch.Tensor | None = None,
+            banned: torch.Tensor | None = None) -> list[Ranked]:
+    """The beam search over prefilled prompts (runs inside `run.attention()`); `banned`: (prompts, w)
+    terminal nodes each prompt never returns, -1 padded."""
     n = len(run.prompt_len)
     log_ghost = math.log(ghost_threshold) if ghost_threshold is not None else None
     beams, hypotheses = _Beams.start(n), _Hypotheses(n, B)
@@ -231,6 +239,9 @@ def _decode(run: Prefilled, trie: TitleTrie, B: int, length_penalty: float, ghos
     chain = forced_chains and not run.scorer.constrained and run.shared
     while len(beams.prompt):
         candidates = _score_children(run, trie, beams, log_ghost, lazy, chain, stats, token_weights)
+        if banned is not None:
+            hit = (banned[candidates.prompt] == candidates.node[:, None]).any(1)
+            candidates.score = candidates.score.masked_fill(hit, float("-inf"))
         top = _select(candidates, n, B)
         if on_select is not None:
             on_select(top.scores, ~hypotheses.done)

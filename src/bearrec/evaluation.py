@@ -50,6 +50,7 @@ class Recommender:
         self.model, self.encoder, self.decode = model.eval(), encoder, decode
         self.pad_token_id = encoder.tokenizer.pad_token_id or 0
         self._titles = {node: encoder.catalogue.title(items[0]) for node, items in encoder.trie.terminal_items.items()}
+        self._node_of = {item: node for node, items in encoder.trie.terminal_items.items() for item in items}
 
     @classmethod
     def for_run(cls, model, encoder: Encoder, cfg, dataset) -> "Recommender":
@@ -79,13 +80,22 @@ class Recommender:
                                      constrained_softmax=self.decode.constrained_softmax,
                                      length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id,
                                      ghost_threshold=self.decode.ghost_threshold,
-                                     token_weights=self.token_weights)
+                                     token_weights=self.token_weights,
+                                     excluded=self.excluded([histories[i] for i in batch]))
                 for i, r in zip(batch, ranked):
                     out[i] = Recommendation([self._titles[n] for n in r.nodes],
                                             [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
                 if on_batch is not None:
                     on_batch(batch, [out[i] for i in batch])
         return out
+
+
+    def excluded(self, histories: list[tuple[int, ...]]) -> list[list[int]] | None:
+        """Per history, the trie nodes of its items' titles, which `decode.exclude_history` never
+        returns (an item sharing such a title goes with it); None when it is off."""
+        if not self.decode.exclude_history:
+            return None
+        return [sorted({self._node_of[i] for i in h if i in self._node_of}) for h in histories]
 
 
 def distributed_state():
@@ -136,6 +146,7 @@ def evaluate(recommender: Recommender, examples: list[Example], indices: list[in
     catalogue = recommender.encoder.catalogue
     if partial is not None and state.num_processes == 1:
         header = json.dumps({"partial_of": model, **{k: getattr(recommender.decode, k) for k in DECODING_KEYS},
+                             **({"exclude_history": True} if recommender.decode.exclude_history else {}),
                              "users": len(indices), "first": indices[:1], "last": indices[-1:]})
         done = read_records(partial, PREDICTION_KEYS, header)
         todo = [i for i in indices if i not in done]
@@ -165,6 +176,7 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
     return {"num_users": len(preds), "num_beams": decode.num_beams,
             "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty,
             "ghost_threshold": decode.ghost_threshold, "igd_alpha": decode.igd_alpha, "preset": decode.preset,
+            **({"exclude_history": True} if decode.exclude_history else {}),
             "item": summarize([p["rank"] for p in preds], ks),
             "title": summarize([p["title_rank"] for p in preds], ks)}
 
@@ -204,13 +216,15 @@ DECODING_KEYS = ("num_beams", "constrained_softmax", "length_penalty", "ghost_th
 def stored_recommendations(folder: str | Path, indices: list[int], decode: DecodeConfig) -> list[Recommendation] | None:
     """The recommendations an evaluation folder (`write_outputs`) holds for the users `indices`, in
     that order, when its metrics say it decoded as `decode` does (beams, softmax, length penalty,
-    ghost threshold, IGD alpha, preset); None when the folder is missing or unreadable, decoded
+    ghost threshold, IGD alpha, preset, history excluded); None when the folder is missing or unreadable, decoded
     otherwise, or lacks one of the users."""
     folder = Path(folder)
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
         lines = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
         if not isinstance(metrics, dict) or any(metrics.get(k, "missing") != getattr(decode, k) for k in DECODING_KEYS):
+            return None
+        if metrics.get("exclude_history", False) != decode.exclude_history:  # written only when on
             return None
         records = {p["index"]: p for p in map(json.loads, lines)}
         if any(i not in records for i in indices):

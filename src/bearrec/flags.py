@@ -61,7 +61,8 @@ def inference_flags(p, several: bool = False):
     p.add_argument("--config", help="a YAML config (default: the run's config.yaml)")
     config_flag(p, "--data", "data.name", help="dataset name or folder")
     config_flag(p, "--data-dir", "data.data_dir")
-    for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax", "igd_alpha"):
+    for key in ("num_beams", "length_penalty", "batch_size", "ghost_threshold", "constrained_softmax", "igd_alpha",
+                "exclude_history"):
         config_flag(p, "--" + key.replace("_", "-"), f"decode.{key}")
     config_flag(p, "--decoding", "decode.preset", help="a decoding recipe the run's settings are read with; "
                 "d3: no length normalisation (Bao et al. 2024); igd: IGD's rule (give --igd-alpha), full softmax, "
@@ -118,4 +119,6 @@ def decoding_suffix(args) -> str:
         parts.append(f"b{args.num_beams}")
     if args.constrained_softmax is not None and args.decoding != "igd":
         parts.append("cs" if args.constrained_softmax else "nocs")
+    if getattr(args, "exclude_history", None):
+        parts.append("nohistory")
     return "".join(f"-{p}" for p in parts)

@@ -57,20 +57,50 @@ class IgdScaling:
         return scores
 
 
+class ExcludeTitles:
+    """A `generate` logits processor: the EOS that would end an excluded title scores -inf, after the
+    log-softmax (`constrained`: over the valid children, taken here as `IgdScaling` does), so the
+    title's probability stays in the normaliser, as in our decoder."""
+
+    def __init__(self, trie: TitleTrie, excluded: set[tuple[int, ...]], start: int, constrained: bool):
+        self.trie, self.excluded, self.start, self.constrained = trie, excluded, start, constrained
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores, eos = scores.clone(), self.trie.eos_token_id
+        for row, ids in enumerate(input_ids.tolist()):
+            prefix = tuple(ids[self.start:])
+            node = self.trie.node_of(prefix)
+            if node < 0:
+                continue
+            if self.constrained:
+                _, toks, _ = self.trie.children(torch.tensor([node]))
+                scores[row, toks] = scores[row, toks] - torch.logsumexp(scores[row, toks], 0)
+            if (*prefix, eos) in self.excluded:
+                scores[row, eos] = float("-inf")
+        return scores
+
+
 @torch.no_grad()
 def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int, *,
                    constrained_softmax: bool = True, length_penalty: float = 1.0, pad_token_id: int = 0,
-                   token_weights: torch.Tensor | None = None) -> list[Ranked]:
+                   token_weights: torch.Tensor | None = None,
+                   excluded: list[set[tuple[int, ...]]] | None = None) -> list[Ranked]:
     """`generate` one prompt at a time (no padding). Placeholder / off-trie sequences are dropped.
-    `token_weights`: IGD's rule through a logits processor (`IgdScaling`)."""
+    `token_weights`: IGD's rule through a logits processor (`IgdScaling`). `excluded`: per prompt,
+    title paths whose EOS scores -inf after the softmax (`ExcludeTitles`)."""
+    if excluded is not None and token_weights is not None:
+        raise ValueError("the oracle applies IGD's weights or excluded titles, not both")
     from transformers import LogitsProcessorList
 
     dict_trie = DictTrie(set(trie.item_paths.values()))
     eos = trie.eos_token_id
     max_new = max(len(p) for p in trie.item_paths.values()) + 1
     results = []
-    for prompt in prompts:
+    for p, prompt in enumerate(prompts):
         start = len(prompt)
+        processors = [] if token_weights is None else [IgdScaling(trie, token_weights, start, constrained_softmax)]
+        if excluded is not None:
+            processors = [ExcludeTitles(trie, excluded[p], start, constrained_softmax)]
 
         def allowed(batch_id, input_ids):
             return dict_trie.next_tokens(input_ids[start:].tolist()) or [eos]
@@ -79,11 +109,10 @@ def hf_beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: 
             torch.tensor([prompt]), attention_mask=torch.ones((1, start), dtype=torch.long),
             num_beams=num_beams, num_return_sequences=num_beams, do_sample=False, early_stopping=False,
             length_penalty=length_penalty, max_new_tokens=max_new, prefix_allowed_tokens_fn=allowed,
-            renormalize_logits=constrained_softmax and token_weights is None, output_scores=True, output_logits=True,
+            renormalize_logits=constrained_softmax and not processors, output_scores=True, output_logits=True,
             return_dict_in_generate=True, pad_token_id=pad_token_id, eos_token_id=eos, top_k=None, top_p=None,
             temperature=None, repetition_penalty=1.0,
-            logits_processor=LogitsProcessorList(
-                [] if token_weights is None else [IgdScaling(trie, token_weights, start, constrained_softmax)]))
+            logits_processor=LogitsProcessorList(processors))
         if num_beams == 1:  # generate() runs greedy search: no sequences_scores, score it here
             scores = [_greedy_score(out, start, dict_trie, constrained_softmax, length_penalty)]
         else:

@@ -128,6 +128,10 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
     for key in DECODE_RECORDED:  # what this evaluation decoded with (another folder: not the config's)
         if key in metrics and f"decode.{key}" in settings:
             settings[f"decode.{key}"] = json.dumps(metrics[key])
+    if metrics.get("exclude_history"):  # recorded only when on (`metrics_of`): off is every older run's decoding
+        settings["decode.exclude_history"] = "true"
+    else:
+        settings.pop("decode.exclude_history", None)
     if evaluation != "eval-test":  # a preset is a recipe: its effect is in the values above (older folders
         settings.pop("decode.preset", None)  # do not record it, and the config's would be wrong there)
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],

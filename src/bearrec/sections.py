@@ -184,6 +184,9 @@ class DecodeConfig(Section):
         None, min=0.0, max=1.0,
         help="IGD's decoding rule: each token's log-prob times 1 - alpha * its information gain normalised among "
              "its trie siblings, from the run's training targets (Lin et al. 2025; their grid 0-0.4)")
+    exclude_history: bool = setting(
+        False, help="never return the titles of the user's history items (not the paper's protocol; the pruning "
+                    "analysis then needs analysis.pruning_users=0)")
     preset: Literal["hf", "d3", "igd"] = setting(
         "hf", help="a named recipe: hf = the length penalty as set; d3 = no length normalisation (Bao et al. 2024); "
                    "igd = IGD's decoding (decode.igd_alpha), full softmax, no length normalisation")

@@ -270,6 +270,9 @@ def check_config(cfg: Config) -> None:
     check(cfg)
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
         raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
+    if cfg.decode.exclude_history and cfg.analysis.pruning_users != 0:
+        raise ConfigError("decode.exclude_history: the pruning analysis ranks every title, the history's too; set "
+                          "analysis.pruning_users=0 with it")
 
 
 def build_encoder_and_model(cfg: Config, dataset):

@@ -247,3 +247,28 @@ def test_a_run_tested_on_a_subset_warns_when_decoded_on_the_whole_split(tmp_path
     assert "seeded test users" not in capsys.readouterr().err
     assert main(["analyze", "pruning", "--model", str(run), "--split", "test", "--out", str(tmp_path / "pr2")]) == 0
     assert "--limit 1 decodes the same users" in capsys.readouterr().err
+
+
+def test_evaluate_excluding_the_history_never_returns_its_titles(run_dir, tmp_path):
+    """--exclude-history: no returned title is one of the user's history titles (where the plain
+    decode returns some), the metrics say so, the output folder is named for it, and the pruning
+    analysis, which ranks every title, refuses it."""
+    from bearrec.analysis import analyze
+    from bearrec.errors import BearrecError
+    from bearrec.runs import load_run
+
+    plain = tmp_path / "plain"
+    assert main(["evaluate", "--model", str(run_dir), "--split", "train", "--num-beams", "5", "--out", str(plain)]) == 0
+    assert main(["evaluate", "--model", str(run_dir), "--split", "train", "--num-beams", "5", "--exclude-history"]) == 0
+    out = run_dir / "eval-train-b5-nohistory"
+    ds = load_authors_dir(run_dir.parent / "Shop", valid_fraction=0.0)
+    titles_of = lambda h: {TITLES[i] for i in h}  # noqa: E731
+    for folder, excluded in ((plain, False), (out, True)):
+        preds = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        shared = [set(p["titles"]) & titles_of(e.history) for p, e in zip(preds, ds.train)]
+        assert (not any(shared)) if excluded else any(shared)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics.get("exclude_history", False) is excluded
+    loaded = load_run(run_dir, overrides=["decode.exclude_history=true"])
+    with pytest.raises(BearrecError, match="ranks every title"):
+        analyze(loaded.recommender, ds.test, [0], progress=False)

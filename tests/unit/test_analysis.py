@@ -398,8 +398,12 @@ def test_stored_recommendations_read_back_an_evaluation_only_when_it_decoded_ali
     assert stored_recommendations(folder, [2, 3], decode) is None  # user 3 was not evaluated
     for other in (DecodeConfig(num_beams=2, batch_size=4), DecodeConfig(num_beams=3, constrained_softmax=False),
                   DecodeConfig(num_beams=3, length_penalty=0.5), DecodeConfig(num_beams=3, ghost_threshold=0.5),
-                  DecodeConfig(num_beams=3, igd_alpha=0.1)):
+                  DecodeConfig(num_beams=3, igd_alpha=0.1), DecodeConfig(num_beams=3, exclude_history=True)):
         assert stored_recommendations(folder, [2], other) is None
+    excluding = DecodeConfig(num_beams=3, batch_size=4, exclude_history=True)
+    write_outputs(tmp_path / "nohistory", *evaluate(Recommender(model, enc, excluding), examples, [2], progress=False))
+    assert stored_recommendations(tmp_path / "nohistory", [2], excluding) is not None
+    assert stored_recommendations(tmp_path / "nohistory", [2], decode) is None
     assert stored_recommendations(tmp_path / "absent", [2], decode) is None
     (folder / "predictions.jsonl").write_text('{"index": 2, "titles": ["Ink"]}\n')  # no items: not usable
     assert stored_recommendations(folder, [2], decode) is None
@@ -495,3 +499,6 @@ def test_an_evaluation_cut_off_resumes_from_its_partial_file(setup, tmp_path, mo
     assert [p["scores"] for p in again] == [pytest.approx(p["scores"], abs=1e-5) for p in whole]
     evaluate(rec, examples, progress=False, partial=partial, model="another run")  # another first line
     assert decoded == [9, 6, 9]
+    excluding = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=3, exclude_history=True))
+    evaluate(excluding, examples, progress=False, partial=partial, model="another run")  # another decoding
+    assert decoded == [9, 6, 9, 9]

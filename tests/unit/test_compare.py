@@ -248,3 +248,18 @@ def test_load_run_without_ranks_labels_the_same_and_skips_the_predictions(tmp_pa
     full, light = load_run(run), load_run(run, with_ranks=False)
     assert full["ranks"] == {0: 0, 1: None, 2: 2} and light["ranks"] == {}
     assert {k: v for k, v in full.items() if k != "ranks"} == {k: v for k, v in light.items() if k != "ranks"}
+
+
+def test_a_decode_excluding_the_history_is_its_own_row_and_says_so(tmp_path):
+    """An evaluation whose metrics record exclude_history (written only when on) gets the row of its
+    folder and the setting; the run's own evaluation, like every run before the setting, shows none."""
+    run = make_run(tmp_path, "sft0", "sft", 0, [None, 1, 0, None])
+    (run / "eval-test-nohistory").mkdir()
+    other = make_run(tmp_path / "tmp", "sft0", "sft", 0, [0, 0, 0, None])
+    for name in ("predictions.jsonl", "metrics.json"):
+        (run / "eval-test-nohistory" / name).write_text((other / "eval-test" / name).read_text())
+    metrics = json.loads((run / "eval-test-nohistory" / "metrics.json").read_text())
+    (run / "eval-test-nohistory" / "metrics.json").write_text(json.dumps({**metrics, "exclude_history": True}))
+    result = compare([run], bootstrap_samples=50, evaluations=("eval-test", "eval-test-nohistory"))
+    assert "exclude_history=true" in result["settings"]["sft [nohistory]"]["office"]
+    assert "exclude_history" not in result["settings"]["sft"]["office"]

@@ -142,3 +142,13 @@ def test_save_steps_is_a_positive_count_and_not_part_of_a_runs_identity():
         load_config(None, ["train.save_steps=0"])
     a, b = load_config(None, []), load_config(None, ["train.save_steps=50"])
     assert b.train.save_steps == 50 and identity(to_dict(a)) == identity(to_dict(b))  # where it saves, not what
+
+
+def test_a_run_excluding_the_history_must_skip_the_pruning_analysis():
+    from bearrec.training import check_config
+
+    cfg = load_config(None, ["decode.exclude_history=true", "model.lora.enabled=false"])
+    with pytest.raises(ConfigError, match="analysis.pruning_users=0"):
+        check_config(cfg)
+    check_config(load_config(None, ["decode.exclude_history=true", "analysis.pruning_users=0",
+                                    "model.lora.enabled=false"]))

@@ -307,6 +307,24 @@ def test_forced_chains_match_hf_generate(chain_setup):
         _assert_all_same(beam_search(model, trie, prompts, 4, **kw), hf_beam_search(model, trie, prompts, 4, **kw))
 
 
+@pytest.mark.parametrize("constrained", [True, False])
+def test_excluded_titles_inside_forced_chains_match_hf_generate(chain_setup, constrained):
+    """Titles whose EOS ends a forced chain, excluded: the chain-skipping decoder, the one-step
+    schedule and generate (`ExcludeTitles`) agree."""
+    model, trie, prompts = chain_setup
+    paths = sorted(set(trie.item_paths.values()))
+    excluded = [[trie.node_of(p) for p in paths[i % 3::3]] for i in range(len(prompts))]
+    kw = dict(constrained_softmax=constrained, pad_token_id=1)
+    fast = beam_search(model, trie, prompts, 4, excluded=excluded, **kw)
+    slow = beam_search(model, trie, prompts, 4, excluded=excluded, forced_chains=False, **kw)
+    for a, b in zip(fast, slow):
+        assert a.paths == b.paths and a.scores == pytest.approx(b.scores, abs=1e-5)
+    by_node = {trie.node_of(p): p for p in paths}
+    _assert_all_same(fast, hf_beam_search(model, trie, prompts, 4, excluded=[{by_node[n] for n in e} for e in excluded],
+                                          **kw))
+    assert all(r.paths and not set(r.nodes) & set(e) for r, e in zip(fast, excluded))
+
+
 def test_forced_chains_keep_prefix_thresholds(chain_setup):
     from bearrec.decoding import prefix_thresholds
 
@@ -340,3 +358,51 @@ def test_full_softmax_chain_runs_forced_steps_in_one_forward(chain_setup):
                               stats=slow_stats)
         assert fast.paths == slow.paths and fast.scores == pytest.approx(slow.scores, abs=1e-5)
         assert fast_stats.forwards < slow_stats.forwards == slow_stats.steps - 1
+
+
+def _history_titles(enc, histories):
+    return [[enc.trie.node_of(enc.target_ids(i)) for i in sorted(set(h))] for h in histories]
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_excluded_titles_are_never_returned_and_the_rest_rank_as_exhaustive_scoring(setup, constrained):
+    """A beam wide enough to keep every title: with the history's titles excluded, exactly the other
+    titles come back, in the order and with the scores exhaustive teacher forcing gives them."""
+    model, tok, enc, _ = setup
+    num_titles = len(enc.trie)
+    histories = [(1, 4), (9, 10, 11), (5,)]
+    prompts = [enc.prompt_ids(h) for h in histories]
+    excluded = _history_titles(enc, histories)
+    got = beam_search(model, enc.trie, prompts, num_titles + 3, constrained_softmax=constrained,
+                      pad_token_id=tok.pad_token_id, excluded=excluded)
+    for prompt, nodes, ranked in zip(prompts, excluded, got):
+        exact = exhaustive_scores(model, enc.trie, prompt, constrained_softmax=constrained)
+        order = sorted((p for p in exact if enc.trie.node_of(p) not in nodes), key=lambda p: -exact[p])
+        assert same_ranking(ranked, Ranked(order, [exact[p] for p in order], []))
+        assert len(ranked.paths) == num_titles - len(nodes)  # "Red Pen" (items 1 and 8) goes as one title
+
+
+@pytest.mark.parametrize("constrained, num_beams", [(False, 2), (False, 5), (True, 3)])
+def test_excluded_titles_match_hf_generate_with_their_eos_masked(setup, constrained, num_beams):
+    """Narrow beams: an excluded title's EOS scores -inf after the softmax, so it never finishes and
+    its place goes to the next candidate, as in generate with a logits processor masking that EOS
+    (`ExcludeTitles`); and the results differ from the unexcluded search."""
+    model, tok, enc, _ = setup
+    rng = random.Random(5)
+    histories = [tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))) for _ in range(20)]
+    prompts = [enc.prompt_ids(h) for h in histories]
+    excluded = _history_titles(enc, histories)
+    kw = dict(constrained_softmax=constrained, pad_token_id=tok.pad_token_id)
+    ours = beam_search(model, enc.trie, prompts, num_beams, excluded=excluded, **kw)
+    paths = {n: p for p in enc.trie.item_paths.values() for n in [enc.trie.node_of(p)]}
+    ref = hf_beam_search(model, enc.trie, prompts, num_beams, excluded=[{paths[n] for n in e} for e in excluded], **kw)
+    _assert_all_same(ours, ref)
+    plain = beam_search(model, enc.trie, prompts, num_beams, **kw)
+    assert all(not set(r.nodes) & set(e) for r, e in zip(ours, excluded))
+    assert any(set(r.nodes) & set(e) for r, e in zip(plain, excluded))  # the exclusion had work to do
+
+
+def test_excluded_titles_for_every_prompt_or_none(setup):
+    model, tok, enc, prompts = setup
+    with pytest.raises(ValueError, match="excluded names titles for 1 prompts, not 2"):
+        beam_search(model, enc.trie, prompts[:2], 3, excluded=[[1]])
