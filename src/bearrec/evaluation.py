@@ -89,7 +89,6 @@ class Recommender:
                     on_batch(batch, [out[i] for i in batch])
         return out
 
-
     def excluded(self, histories: list[tuple[int, ...]]) -> list[list[int]] | None:
         """Per history, the trie nodes of its items' titles, which `decode.exclude_history` never
         returns (an item sharing such a title goes with it); None when it is off."""
@@ -216,8 +215,8 @@ DECODING_KEYS = ("num_beams", "constrained_softmax", "length_penalty", "ghost_th
 def stored_recommendations(folder: str | Path, indices: list[int], decode: DecodeConfig) -> list[Recommendation] | None:
     """The recommendations an evaluation folder (`write_outputs`) holds for the users `indices`, in
     that order, when its metrics say it decoded as `decode` does (beams, softmax, length penalty,
-    ghost threshold, IGD alpha, preset, history excluded); None when the folder is missing or unreadable, decoded
-    otherwise, or lacks one of the users."""
+    ghost threshold, IGD alpha, preset, history excluded); None when the folder is missing or
+    unreadable, decoded otherwise, or lacks one of the users."""
     folder = Path(folder)
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
