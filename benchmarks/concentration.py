@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from collections import Counter
 from pathlib import Path
+
+from bearrec.metrics import item_rank, summarize
 
 
 def concentration(predictions: Path, k: int = 10) -> dict:
@@ -38,12 +39,8 @@ def concentration(predictions: Path, k: int = 10) -> dict:
 
 def _ndcg(rows: list[dict], k: int, keep) -> float:
     """Mean NDCG@k of the returned titles `keep(row, title)` leaves, in their order."""
-    total = 0.0
-    for r in rows:
-        kept = [title for title in r["items"] if keep(r, title)]
-        rank = next((j for j, title in enumerate(kept) if r["target"] in title), None)
-        total += 1 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
-    return total / len(rows)
+    ranks = [item_rank([title for title in r["items"] if keep(r, title)], r["target"]) for r in rows]
+    return summarize(ranks, [k])[f"NDCG@{k}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,7 +145,7 @@ def evaluate(recommender: Recommender, examples: list[Example], indices: list[in
     catalogue = recommender.encoder.catalogue
     if partial is not None and state.num_processes == 1:
         header = json.dumps({"partial_of": model, **{k: getattr(recommender.decode, k) for k in DECODING_KEYS},
-                             **({"exclude_history": True} if recommender.decode.exclude_history else {}),
+                             **recorded_exclusion(recommender.decode),
                              "users": len(indices), "first": indices[:1], "last": indices[-1:]})
         done = read_records(partial, PREDICTION_KEYS, header)
         todo = [i for i in indices if i not in done]
@@ -175,9 +175,15 @@ def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
     return {"num_users": len(preds), "num_beams": decode.num_beams,
             "constrained_softmax": decode.constrained_softmax, "length_penalty": decode.length_penalty,
             "ghost_threshold": decode.ghost_threshold, "igd_alpha": decode.igd_alpha, "preset": decode.preset,
-            **({"exclude_history": True} if decode.exclude_history else {}),
+            **recorded_exclusion(decode),
             "item": summarize([p["rank"] for p in preds], ks),
             "title": summarize([p["title_rank"] for p in preds], ks)}
+
+
+def recorded_exclusion(decode: DecodeConfig) -> dict:
+    """`exclude_history` as an evaluation records it: only when on, so the outputs and partial files
+    of every decoding without it read as before the setting existed."""
+    return {"exclude_history": True} if decode.exclude_history else {}
 
 
 PREDICTION_KEYS = ("index", "rank", "title_rank", "items", "titles", "scores")

@@ -33,6 +33,12 @@ class DictTrie:
         return sorted(node)
 
 
+def _valid_log_softmax(scores: torch.Tensor, row: int, toks: torch.Tensor) -> None:
+    """In place: row `row`'s log-probs of the valid tokens `toks` renormalised among them (the
+    constrained softmax taken inside a processor, before what it changes)."""
+    scores[row, toks] = scores[row, toks] - torch.logsumexp(scores[row, toks], 0)
+
+
 class IgdScaling:
     """A `generate` logits processor: each valid child's log-prob times the weight of the trie node
     it leads to (IGD's decoding rule, written the way its authors' code applies it: after the
@@ -51,7 +57,7 @@ class IgdScaling:
                 continue
             _, toks, children = self.trie.children(torch.tensor([node]))
             if self.constrained:
-                scores[row, toks] = scores[row, toks] - torch.logsumexp(scores[row, toks], 0)
+                _valid_log_softmax(scores, row, toks)
             for tok, child in zip(toks.tolist(), children.tolist()):
                 scores[row, tok] = scores[row, tok] * float(self.weights[child])
         return scores
@@ -73,8 +79,7 @@ class ExcludeTitles:
             if node < 0:
                 continue
             if self.constrained:
-                _, toks, _ = self.trie.children(torch.tensor([node]))
-                scores[row, toks] = scores[row, toks] - torch.logsumexp(scores[row, toks], 0)
+                _valid_log_softmax(scores, row, self.trie.children(torch.tensor([node]))[1])
             if (*prefix, eos) in self.excluded:
                 scores[row, eos] = float("-inf")
         return scores
