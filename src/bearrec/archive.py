@@ -9,7 +9,7 @@ keeps the run's layout with
   `checkpoints/` (weights and optimiser state) and in the temporary folders of a killed write;
   `pruning.json` without its per-user list (`users`: the aggregates PR@K and violation shares stay);
 - every `predictions.jsonl` (test, reference and `bearrec evaluate` decodes) cut to `{"index",
-  "rank"}` per user and gzipped (`predictions.jsonl.gz`, which `bearrec.report.load_run` reads like
+  "rank", "user_id"}` per user and gzipped (`predictions.jsonl.gz`, which `bearrec.report.load_run` reads like
   the full file), except those of training's per-epoch validation (`eval-valid-epoch-N/`: their
   metrics.json stays; the epoch choice is recorded in the run's metrics);
 - `archived.json`: where it came from (absolute path), and how many bytes were left out.
@@ -54,7 +54,7 @@ def _skipped_folder(parts: tuple[str, ...]) -> bool:
 
 
 def slim_predictions(path: Path) -> bytes:
-    """predictions.jsonl as gzipped `{"index", "rank"}` lines (gzip mtime 0: the same input gives
+    """predictions.jsonl as gzipped `{"index", "rank", "user_id"}` lines (gzip mtime 0: the same input gives
     the same bytes, so re-archiving an unchanged run changes nothing in git)."""
     lines = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -62,7 +62,10 @@ def slim_predictions(path: Path) -> bytes:
             continue
         try:
             p = json.loads(line)
-            lines.append(json.dumps({"index": p["index"], "rank": p["rank"]}) + "\n")
+            kept = {"index": p["index"], "rank": p["rank"]}
+            if "user_id" in p:  # the bootstrap draws rows of one user id together (`bearrec.stats`)
+                kept["user_id"] = p["user_id"]
+            lines.append(json.dumps(kept) + "\n")
         except (ValueError, KeyError, TypeError) as e:
             raise BearrecError(f"{path}, line {n}: not a prediction with 'index' and 'rank' ({e})") from None
     return gzip.compress("".join(lines).encode(), mtime=0)

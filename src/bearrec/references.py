@@ -84,12 +84,15 @@ def run_references(cfg: Config, run_dir: Path, progress: bool = True) -> None:
         write_outputs(run_dir / f"ref-{name}", preds, metrics)
 
 
-def _per_user(path: Path, k: int) -> dict[int, tuple[float, float]]:
+def _per_user(path: Path, k: int, user_ids: dict | None = None) -> dict[int, tuple[float, float]]:
+    """Per test row (NDCG@k, hit@k); `user_ids`, when given, is filled with each row's user id."""
     out = {}
     with path.open(encoding="utf-8") as f:
         for line in f:
             p = json.loads(line)
             out[p["index"]] = (ndcg(p["rank"], k), hit(p["rank"], k))
+            if user_ids is not None:
+                user_ids[p["index"]] = p.get("user_id")
     return out
 
 
@@ -103,14 +106,17 @@ def summarize(run_dir: Path, k: int = 10, samples: int = 2000) -> dict | None:
     found = [n for n in NAMES if (run_dir / f"ref-{n}" / "predictions.jsonl").exists()]
     if not model_path.exists() or not found:
         return None
-    model = _per_user(model_path, k)
+    user_ids: dict = {}
+    model = _per_user(model_path, k, user_ids)
+    clusters = None if None in user_ids.values() else user_ids  # rows of one user id are drawn together
     rows = {"model": _row(model)}
     for name in found:
         ref = _per_user(run_dir / f"ref-{name}" / "predictions.jsonl", k)
         if set(ref) != set(model):
             raise ValueError(f"{run_dir / f'ref-{name}'}: other test users than eval-test/ "
                              f"({len(ref)} vs {len(model)}); delete it and rerun `bearrec run`")
-        diff = user_bootstrap({u: v[0] for u, v in model.items()}, {u: v[0] for u, v in ref.items()}, samples=samples)
+        diff = user_bootstrap({u: v[0] for u, v in model.items()}, {u: v[0] for u, v in ref.items()}, samples=samples,
+                              clusters=clusters)
         rows[name] = {**_row(ref), "model_minus": {key: diff[key] for key in ("mean", "low", "high")}}
     return {"k": k, "rows": rows}
 

@@ -113,11 +113,12 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
         if not path.exists():
             raise BearrecError(f"{path}: missing; is {run_dir} a finished run (bearrec run / train)?")
     cfg = yaml.safe_load(cfg_path.read_text())
-    ranks = {}
+    ranks, user_ids = {}, {}
     if with_ranks:
         for line in read_predictions(run_dir / evaluation):
             p = json.loads(line)
             ranks[p["index"]] = p["rank"]
+            user_ids[p["index"]] = p.get("user_id")
     suffix = "" if evaluation in ("eval-test", *REFERENCE_ROWS) else f" [{evaluation.removeprefix('eval-test-')}]"
     igd = (cfg.get("decode") or {}).get("igd_alpha")
     if evaluation == "eval-test" and igd is not None:  # the run decodes with IGD's rule itself
@@ -135,7 +136,8 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
     if evaluation != "eval-test":  # a preset is a recipe: its effect is in the values above (older folders
         settings.pop("decode.preset", None)  # do not record it, and the config's would be wrong there)
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
-            "settings": settings, "metrics": metrics["item"], "ranks": ranks}
+            "settings": settings, "metrics": metrics["item"], "ranks": ranks,
+            "user_ids": user_ids if None not in user_ids.values() else None}  # None: not recorded (older archives)
 
 
 def read_predictions(folder: Path) -> list[str]:
@@ -194,16 +196,38 @@ def _seed_mean(by_seed: dict[int, dict[int, float]], users: set[int]) -> dict[in
     return {u: statistics.fmean(s[u] for s in by_seed.values()) for u in users}
 
 
+def user_clusters(runs: list[dict]) -> dict | None:
+    """Test row -> user id over `runs` (the predictions' `user_id`), for the bootstrap's user stage
+    (`bearrec.stats`: rows of one user id are drawn together). None when a run did not record them
+    (archives made before they were kept): then rows are drawn one by one. Runs that give one row two
+    user ids are on different test data: an error naming both."""
+    if any(r.get("user_ids") is None for r in runs):
+        return None
+    out, source = {}, {}
+    for r in runs:
+        for row, user in r["user_ids"].items():
+            if out.setdefault(row, user) != user:
+                raise BearrecError(f"{source[row]} and {r['dir']}: test row {row} is user {out[row]!r} in one and "
+                                   f"{user!r} in the other; compare runs on the same test data")
+            source.setdefault(row, r["dir"])
+    return out
+
+
 def difference(a_runs: list[dict], b_runs: list[dict], samples: int = 2000, seed: int = 0) -> dict:
-    """NDCG@10 of method a - method b: the two-stage bootstrap (seeds, then users), the per-seed
-    paired differences, and the old users-only interval (seeds averaged per user)."""
+    """NDCG@10 of method a - method b: the two-stage bootstrap (seeds, then users, drawn by user id
+    where the runs recorded it), the per-seed paired differences, and the old users-only interval
+    (seeds averaged per user)."""
     a, b = per_user_ndcg(a_runs), per_user_ndcg(b_runs)
+    clusters = user_clusters([*a_runs, *b_runs])
     try:
-        result = hierarchical_bootstrap(a, b, samples=samples, seed=seed)
+        result = hierarchical_bootstrap(a, b, samples=samples, seed=seed, clusters=clusters)
     except ValueError as exc:
         return {"mean": None, "reason": str(exc)}
     users = set.intersection(*(set(s) for s in (*a.values(), *b.values())))
-    result["users_only"] = user_bootstrap(_seed_mean(a, users), _seed_mean(b, users), samples=samples, seed=seed)
+    result["users_only"] = user_bootstrap(_seed_mean(a, users), _seed_mean(b, users), samples=samples, seed=seed,
+                                          clusters=clusters)
+    if clusters is None:
+        result["method"] += ", rows drawn one by one (user ids not recorded)"
     return result
 
 
@@ -284,7 +308,8 @@ def describe_difference(dataset: str, s: dict) -> str:
     text += f". Per seed: {per_seed}." if per_seed else "."
     old = s.get("users_only")
     if old and old.get("low") is not None:
-        text += (f" Users-only bootstrap (seeds averaged per user, ignores seed variance): "
+        by = f", {old['clusters']} user ids drawn" if old.get("clusters") else ""
+        text += (f" Users-only bootstrap (seeds averaged per user, ignores seed variance{by}): "
                  f"[{old['low']:+.4f}, {old['high']:+.4f}].")
     return text
 

@@ -4,6 +4,13 @@ A run gives per-user scores (e.g. NDCG@10) on one test set shared by every seed 
 Averaging each user's score over seeds and then bootstrapping users (`user_bootstrap`, the old
 estimator) ignores seed-to-seed variance (training randomness, epoch selection) and so claims false
 significance. `hierarchical_bootstrap` resamples seeds first, then users.
+
+Test rows are not always independent: the authors' Amazon and MovieLens splits hold several rows per
+user id (sliding windows over one history: Office's 1,925 test rows come from 1,092 user ids, with
+overlapping histories, and one row's target is in the next row's history). With `clusters` (row ->
+user id) the user stage draws user ids, each with all of its rows (a cluster bootstrap; the statistic
+is the mean over the drawn rows), so rows of one user are not counted as independent evidence. With
+one row per cluster, or without `clusters`, it is the row bootstrap, draw for draw.
 """
 
 import math
@@ -21,6 +28,27 @@ def _common_users(*methods: dict[int, dict[int, float]]) -> list[int]:
     if not users:
         raise ValueError("no test users common to every run of both methods")
     return users
+
+
+def _cluster_ids(users: list[int], clusters: dict | None) -> np.ndarray:
+    """Each user's cluster number (0..C-1, in order of first appearance among `users`); without
+    `clusters` every user is its own cluster. Raises ValueError naming a user that has no cluster."""
+    if clusters is None:
+        return np.arange(len(users))
+    missing = [u for u in users if u not in clusters]
+    if missing:
+        raise ValueError(f"user {missing[0]} has no cluster (user id); {len(missing)} of {len(users)} lack one")
+    numbers: dict = {}
+    return np.array([numbers.setdefault(clusters[u], len(numbers)) for u in users])
+
+
+def _cluster_sums(mat: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(seeds, users) -> (seeds, clusters): each cluster's sum of its users' values."""
+    if np.array_equal(ids, np.arange(mat.shape[1])):
+        return mat
+    out = np.zeros((int(ids.max()) + 1, mat.shape[0]))
+    np.add.at(out, ids, mat.T)
+    return out.T
 
 
 def _matrix(method: dict[int, dict[int, float]], seeds: list[int], users: list[int]) -> np.ndarray:
@@ -106,35 +134,37 @@ def _small_sample_interval(stats: np.ndarray, mean: float, mats: list[np.ndarray
 
 
 def _two_stage(mats: list[np.ndarray], signs: list[float], samples: int, rng: np.random.Generator,
-               user_draw: str) -> np.ndarray:
+               user_draw: str, sizes: np.ndarray) -> np.ndarray:
     """Bootstrap statistics sum_m sign_m * mean over drawn seeds of m of the mean over drawn users.
 
-    Each matrix (seeds x users) has its seeds resampled independently. user_draw="shared": one user
-    resample per bootstrap sample, used by every drawn seed of every matrix; "per_seed" (one matrix
-    only): an independent user resample within each drawn seed.
+    Each matrix (seeds x clusters: the sums of each cluster's users, `sizes` users each) has its seeds
+    resampled independently; a user draw picks clusters, and the mean is over the users of the drawn
+    clusters (sum of their sums / sum of their sizes). user_draw="shared": one draw per bootstrap
+    sample, used by every drawn seed of every matrix; "per_seed" (one matrix only): an independent
+    draw within each drawn seed.
     """
-    n_users = mats[0].shape[1]
+    n_clusters = mats[0].shape[1]
     out = np.empty(samples)
-    chunk = max(1, _CHUNK // (n_users * max(m.shape[0] for m in mats)))
+    chunk = max(1, _CHUNK // (n_clusters * max(m.shape[0] for m in mats)))
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
         if user_draw == "per_seed":  # only one matrix: the paired per-user differences
             s = rng.integers(0, mats[0].shape[0], size=(n, mats[0].shape[0]))
-            u = rng.integers(0, n_users, size=(n, mats[0].shape[0], n_users))
-            out[start:start + n] = mats[0][s[:, :, None], u].mean(axis=(1, 2))
+            u = rng.integers(0, n_clusters, size=(n, mats[0].shape[0], n_clusters))
+            out[start:start + n] = (mats[0][s[:, :, None], u].sum(axis=2) / sizes[u].sum(axis=2)).mean(axis=1)
             continue
-        per_user = np.zeros((n, n_users))  # per-user difference of the seed means of the drawn seeds
+        per_cluster = np.zeros((n, n_clusters))  # per-cluster difference of the seed means of the drawn seeds
         for mat, sign in zip(mats, signs):
             s = rng.integers(0, mat.shape[0], size=(n, mat.shape[0]))
-            per_user += sign * ((s[:, :, None] == np.arange(mat.shape[0])).mean(axis=1) @ mat)
-        users = rng.integers(0, n_users, size=(n, n_users))  # one user draw shared by all drawn seeds
-        out[start:start + n] = np.take_along_axis(per_user, users, axis=1).mean(axis=1)
+            per_cluster += sign * ((s[:, :, None] == np.arange(mat.shape[0])).mean(axis=1) @ mat)
+        drawn = rng.integers(0, n_clusters, size=(n, n_clusters))  # one draw shared by all drawn seeds
+        out[start:start + n] = np.take_along_axis(per_cluster, drawn, axis=1).sum(axis=1) / sizes[drawn].sum(axis=1)
     return out
 
 
 def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int, float]], samples: int = 2000,
                            seed: int = 0, min_seeds: int = 3, level: float = 0.95,
-                           user_draw: str = "shared", small_sample: bool = True) -> dict:
+                           user_draw: str = "shared", small_sample: bool = True, clusters: dict | None = None) -> dict:
     """Two-stage (hierarchical) bootstrap CI of mean(A) - mean(B), the seed being the outer unit.
 
     `a`, `b`: seed -> {user: score}, over the users common to every run. Paired case (the methods
@@ -159,6 +189,8 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
     unpaired) of the bootstrap variance V by c^2, c = t_{n-1} / z * sqrt(n/(n-1)), by scaling the bootstrap
     deviations around the point estimate by sqrt((V + (c^2-1) V_s) / V) before taking percentiles.
     small_sample=False gives the uncorrected percentile interval.
+    clusters (user -> user id, e.g. the predictions' `user_id`): the user stage draws clusters, each
+    with all of its users (module docstring); the result's "clusters" says how many there were.
     """
     if user_draw not in ("per_seed", "shared"):
         raise ValueError(f"user_draw must be 'per_seed' or 'shared', not {user_draw!r}")
@@ -183,10 +215,15 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
                                             "then users (one user draw shared by both methods)"}
         enough = min(len(a), len(b)) >= min_seeds
         mats, signs, user_draw = [ma, mb], [1.0, -1.0], "shared"
+    ids = _cluster_ids(users, clusters)
+    sizes = np.bincount(ids).astype(float)
+    if clusters is not None:
+        result["clusters"] = len(sizes)
+        result["method"] += f", users drawn by user id ({len(sizes)} ids)"
     if not enough:
         return {**result, "low": None, "high": None,
                 "reason": f"fewer than {min_seeds} seeds per method: per-seed differences only"}
-    stats = _two_stage(mats, signs, samples, rng, user_draw)
+    stats = _two_stage([_cluster_sums(m, ids) for m in mats], signs, samples, rng, user_draw, sizes)
     low, high = (_small_sample_interval(stats, result["mean"], mats, level) if small_sample
                  else _percentiles(stats, level))
     result["method"] += ", small-sample (t) seed correction" if small_sample else ""
@@ -194,24 +231,32 @@ def hierarchical_bootstrap(a: dict[int, dict[int, float]], b: dict[int, dict[int
 
 
 def user_bootstrap(a_user_means: dict[int, float], b_user_means: dict[int, float], samples: int = 2000,
-                   seed: int = 0, level: float = 0.95) -> dict:
+                   seed: int = 0, level: float = 0.95, clusters: dict | None = None) -> dict:
     """The old estimator: paired bootstrap over users of per-user values (typically seed-averaged).
 
     Mean of the per-user differences and its percentile interval at `level`; ignores seed variance.
+    clusters (user -> user id): draws user ids, each with all of its users (module docstring).
     """
     users = sorted(set(a_user_means) & set(b_user_means))
     if not users:
         raise ValueError("no users common to both methods")
     diff = np.array([a_user_means[u] - b_user_means[u] for u in users])
+    ids = _cluster_ids(users, clusters)
+    sums, sizes = _cluster_sums(diff[None, :], ids)[0], np.bincount(ids).astype(float)
     rng = np.random.default_rng(seed)
     stats = np.empty(samples)
-    chunk = max(1, _CHUNK // len(users))
+    chunk = max(1, _CHUNK // len(sizes))
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
-        stats[start:start + n] = diff[rng.integers(0, len(users), size=(n, len(users)))].mean(axis=1)
+        drawn = rng.integers(0, len(sizes), size=(n, len(sizes)))
+        stats[start:start + n] = sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     low, high = _percentiles(stats, level)
-    return {"mean": float(diff.mean()), "low": low, "high": high, "users": len(users),
-            "method": "paired bootstrap over users (seed variance ignored)"}
+    out = {"mean": float(diff.mean()), "low": low, "high": high, "users": len(users),
+           "method": "paired bootstrap over users (seed variance ignored)"}
+    if clusters is not None:
+        out["clusters"] = len(sizes)
+        out["method"] = f"paired bootstrap over user ids ({len(sizes)} ids; seed variance ignored)"
+    return out
 
 
 def seed_t_interval(per_seed: list[float], level: float = 0.95, min_seeds: int = 3) -> dict:

@@ -17,7 +17,7 @@ def finished_run(root, name, loss, seed, ranks):
     """make_run's run with what `bearrec run` also leaves: weights, checkpoints, validation decodes,
     predictions with titles, a plot, a log, and the run's summary metrics.json."""
     run = make_run(root, name, loss, seed, ranks)
-    preds = [{"index": i, "rank": r, "items": [[7, 8]], "target_title": "a long title " * 5}
+    preds = [{"index": i, "user_id": f"u{i // 2}", "rank": r, "items": [[7, 8]], "target_title": "a long title " * 5}
              for i, r in enumerate(ranks)]
     (run / "eval-test" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     (run / "metrics.json").write_text(json.dumps({"test": {"item": {"NDCG@10": 0.5}}}))
@@ -47,7 +47,8 @@ def test_an_archive_keeps_results_and_ranks_and_leaves_weights_out(tmp_path):
                      "eval-valid-epoch-1/metrics.json", "metrics.json",
                      "pruning-test/pruning.json", "run.json"]
     ranks = gzip.decompress((tmp_path / "arch" / "eval-test" / "predictions.jsonl.gz").read_bytes()).decode()
-    assert ranks == '{"index": 0, "rank": 0}\n{"index": 1, "rank": null}\n{"index": 2, "rank": 3}\n'
+    assert ranks == ('{"index": 0, "rank": 0, "user_id": "u0"}\n{"index": 1, "rank": null, "user_id": "u0"}\n'
+                     '{"index": 2, "rank": 3, "user_id": "u1"}\n')  # the user id: the bootstrap draws rows by it
     # the aggregates of the pruning analysis stay, its per-user list does not
     assert json.loads((tmp_path / "arch" / "pruning-test" / "pruning.json").read_text()) == {"PR@10": {"rate": 0.5}}
     pruning_cut = (run / "pruning-test" / "pruning.json").stat().st_size - len(
@@ -71,6 +72,8 @@ def test_compare_over_archives_equals_compare_over_the_runs(tmp_path):
     assert sorted(done) == sorted(runs) and skipped == []
     archived = [tmp_path / "arch" / r.name for r in runs]
     assert [load_run(a)["ranks"] for a in archived] == [load_run(r)["ranks"] for r in runs]
+    assert [load_run(a)["user_ids"] for a in archived] == [load_run(r)["user_ids"] for r in runs]
+    assert load_run(archived[0])["user_ids"] == {0: "u0", 1: "u0", 2: "u1", 3: "u1"}
     assert to_markdown(compare(archived, bootstrap_samples=300)) == to_markdown(compare(runs, bootstrap_samples=300))
 
 

@@ -8,11 +8,13 @@ import yaml
 
 from bearrec.cli import main
 from bearrec.config import Config, to_dict
+from bearrec.errors import BearrecError
 from bearrec.report import compare, load_run, method_label, run_settings, to_csv, to_markdown
 
 
-def make_run(root, name, loss, seed, ranks, dataset="office", form="reference", **settings):
-    """`settings`: dotted config keys, e.g. **{"loss.bear.lam": 4.0}."""
+def make_run(root, name, loss, seed, ranks, dataset="office", form="reference", user_ids=None, **settings):
+    """`settings`: dotted config keys, e.g. **{"loss.bear.lam": 4.0}; `user_ids`: each row's user id
+    in the predictions (None: not recorded, as in older archives)."""
     run = root / name
     (run / "eval-test").mkdir(parents=True)
     cfg = to_dict(Config())
@@ -25,7 +27,8 @@ def make_run(root, name, loss, seed, ranks, dataset="office", form="reference", 
             node = node[part]
         node[last] = value
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    preds = [{"index": i, "rank": r} for i, r in enumerate(ranks)]
+    preds = [{"index": i, "rank": r} if user_ids is None else {"index": i, "user_id": user_ids[i], "rank": r}
+             for i, r in enumerate(ranks)]
     (run / "eval-test" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     n = len(ranks)
     item = {f"HR@{k}": sum(r is not None and r < k for r in ranks) / n for k in (5, 10)}
@@ -247,7 +250,8 @@ def test_load_run_without_ranks_labels_the_same_and_skips_the_predictions(tmp_pa
     run = make_run(tmp_path, "msl0", "msl", 0, [0, None, 2])
     full, light = load_run(run), load_run(run, with_ranks=False)
     assert full["ranks"] == {0: 0, 1: None, 2: 2} and light["ranks"] == {}
-    assert {k: v for k, v in full.items() if k != "ranks"} == {k: v for k, v in light.items() if k != "ranks"}
+    per_row = ("ranks", "user_ids")
+    assert {k: v for k, v in full.items() if k not in per_row} == {k: v for k, v in light.items() if k not in per_row}
 
 
 def test_a_decode_excluding_the_history_is_its_own_row_and_says_so(tmp_path):
@@ -263,3 +267,39 @@ def test_a_decode_excluding_the_history_is_its_own_row_and_says_so(tmp_path):
     result = compare([run], bootstrap_samples=50, evaluations=("eval-test", "eval-test-nohistory"))
     assert "exclude_history=true" in result["settings"]["sft [nohistory]"]["office"]
     assert "exclude_history" not in result["settings"]["sft"]["office"]
+
+
+def test_rows_of_one_user_id_are_drawn_together(tmp_path):
+    """Rows 0-2 are one user's sliding windows, rows 3-4 another's: the intervals draw the two user ids,
+    as `bearrec.stats` does when given the rows' ids; without recorded ids the rows are drawn one by one."""
+    from bearrec.report import per_user_ndcg
+    from bearrec.stats import hierarchical_bootstrap, user_bootstrap
+
+    ranks = {0: ([0, 2, None, 1, 0], [0, None, None, 5, 0]), 1: ([0, None, None, 0, 3], [None, None, None, 0, 0]),
+             2: ([2, 2, None, None, 1], [2, None, None, 1, 1])}
+    ids = ["u7", "u7", "u7", "u9", "u9"]
+    runs = [make_run(tmp_path, f"{m}{s}", m, s, r[i], user_ids=ids)
+            for s, r in ranks.items() for i, m in enumerate(("bear", "msl"))]
+    (sig,) = compare(runs, bootstrap_samples=300)["significance"]["office"]
+    a = per_user_ndcg([load_run(r) for r in runs[0::2]])
+    b = per_user_ndcg([load_run(r) for r in runs[1::2]])
+    want = hierarchical_bootstrap(a, b, samples=300, clusters=dict(enumerate(ids)))
+    assert (sig["low"], sig["high"], sig["clusters"]) == (want["low"], want["high"], 2)
+    assert "by user id (2 ids)" in sig["method"]
+    mean_a = {u: sum(a[s][u] for s in a) / 3 for u in range(5)}
+    mean_b = {u: sum(b[s][u] for s in b) / 3 for u in range(5)}
+    old = user_bootstrap(mean_a, mean_b, samples=300, clusters=dict(enumerate(ids)))
+    assert (sig["users_only"]["low"], sig["users_only"]["high"]) == (old["low"], old["high"])
+    assert "2 user ids drawn" in to_markdown(compare(runs, bootstrap_samples=300))
+    # a run that did not record them (an older archive): every row drawn alone, and the report says so
+    plain = make_run(tmp_path / "old", "msl0", "msl", 0, ranks[0][1])
+    (sig,) = compare([*runs[:1], plain, *runs[2:]], bootstrap_samples=300)["significance"]["office"]
+    assert "clusters" not in sig and "rows drawn one by one (user ids not recorded)" in sig["method"]
+
+
+def test_runs_that_give_a_row_two_user_ids_are_refused_by_name(tmp_path):
+    a = make_run(tmp_path, "bear0", "bear", 0, [0, 1], user_ids=["u1", "u2"])
+    b = make_run(tmp_path, "msl0", "msl", 0, [1, 0], user_ids=["u1", "u3"])
+    with pytest.raises(BearrecError, match="test row 1 is user 'u[23]' in one and 'u[23]' in the other") as e:
+        compare([a, b], bootstrap_samples=50)
+    assert str(a) in str(e.value) and str(b) in str(e.value)

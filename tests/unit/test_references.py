@@ -26,10 +26,24 @@ def test_popularity_ranks_titles_by_target_count_ties_by_smallest_item():
     assert popularity_ranking([], trie, k=5) == []
 
 
-def _write(folder, ranks):
+def _write(folder, ranks, user_ids=None):
     folder.mkdir(parents=True)
-    (folder / "predictions.jsonl").write_text("".join(json.dumps({"index": i, "rank": r}) + "\n"
-                                                      for i, r in enumerate(ranks)))
+    rows = [{"index": i, "rank": r} if user_ids is None else {"index": i, "user_id": user_ids[i], "rank": r}
+            for i, r in enumerate(ranks)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_the_interval_draws_rows_of_one_user_id_together(tmp_path):
+    from bearrec.metrics import ndcg
+    from bearrec.stats import user_bootstrap
+
+    model, ref, ids = [0, 1, None, 12, 0, 3], [None, 1, 0, 3, None, None], ["a", "a", "a", "b", "b", "c"]
+    _write(tmp_path / "eval-test", model, ids)
+    _write(tmp_path / "ref-popularity", ref, ids)
+    got = summarize(tmp_path, k=10, samples=300)["rows"]["popularity"]["model_minus"]
+    want = user_bootstrap({i: ndcg(r, 10) for i, r in enumerate(model)}, {i: ndcg(r, 10) for i, r in enumerate(ref)},
+                          samples=300, clusters=dict(enumerate(ids)))
+    assert want["clusters"] == 3 and (got["low"], got["high"]) == (want["low"], want["high"])
 
 
 def test_summary_counts_hits_and_ndcg_per_reference(tmp_path):

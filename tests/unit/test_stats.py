@@ -189,3 +189,71 @@ def test_partly_shared_seeds_are_not_thrown_away():
     got = hierarchical_bootstrap(a, b, samples=300)
     assert got["mean"] == pytest.approx(0.2) and got["seeds"] == {"a": 5, "b": 4} and "unpaired" in got["method"]
     assert got["low"] is not None and got["per_seed"] == {0: pytest.approx(0.0)}
+
+
+# --- rows of one user id drawn together (clusters) ---
+
+def test_user_bootstrap_by_user_id_equals_a_slow_cluster_bootstrap():
+    # rows 10-15 of three user ids (u1: 10, 11, 12; u2: 13; u3: 14, 15); the per-row differences a - b:
+    a = {10: 1.0, 11: 0.5, 12: 0.0, 13: 0.25, 14: 1.0, 15: 0.0}
+    b = {10: 0.0, 11: 0.5, 12: 0.5, 13: 0.0, 14: 0.0, 15: 0.0}
+    users = {10: "u1", 11: "u1", 12: "u1", 13: "u2", 14: "u3", 15: "u3"}
+    got = user_bootstrap(a, b, samples=500, seed=7, clusters=users)
+    # oracle: draw 3 of the ids (numbered in order of first appearance), pool all their rows, average
+    rows = {0: [1.0, 0.0, -0.5], 1: [0.25], 2: [1.0, 0.0]}
+    drawn = np.random.default_rng(7).integers(0, 3, size=(500, 3))
+    stats = [np.mean([d for c in draw for d in rows[c]]) for draw in drawn]
+    low, high = np.quantile(stats, [0.025, 0.975])
+    assert got["mean"] == pytest.approx(1.75 / 6) and got["clusters"] == 3 and got["users"] == 6
+    assert (got["low"], got["high"]) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    assert "user ids" in got["method"]
+
+
+def test_one_row_per_user_id_is_the_row_bootstrap_draw_for_draw():
+    a, b = simulate(np.random.default_rng(11), seeds=3, users=40)
+    ra, rb = as_runs(a), as_runs(b)
+    singletons = {u: f"id{u}" for u in range(40)}
+    for draw in ("shared", "per_seed"):
+        plain = hierarchical_bootstrap(ra, rb, samples=300, user_draw=draw)
+        by_id = hierarchical_bootstrap(ra, rb, samples=300, user_draw=draw, clusters=singletons)
+        assert (by_id["low"], by_id["high"]) == (pytest.approx(plain["low"], abs=1e-12),
+                                                 pytest.approx(plain["high"], abs=1e-12))
+    plain = user_bootstrap(dict(enumerate(a[0])), dict(enumerate(b[0])), samples=300)
+    by_id = user_bootstrap(dict(enumerate(a[0])), dict(enumerate(b[0])), samples=300, clusters=singletons)
+    assert (by_id["low"], by_id["high"]) == (plain["low"], plain["high"])
+
+
+@pytest.mark.parametrize("user_draw", ["shared", "per_seed"])
+def test_copies_of_every_row_under_one_user_id_give_the_interval_of_the_rows_once(user_draw):
+    """Each user's row repeated 4 times (the extreme of sliding windows: four rows that say the same
+    thing). Drawn by user id, every bootstrap statistic is the one of the rows taken once (a drawn id
+    brings 4 equal rows: the same mean), so the interval is identical; drawn row by row it claims twice
+    the precision (sqrt(4))."""
+    a, b = simulate(np.random.default_rng(12), seeds=3, users=50)
+    once = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=400, user_draw=user_draw)
+    a4, b4 = np.repeat(a, 4, axis=1), np.repeat(b, 4, axis=1)
+    ids = {row: row // 4 for row in range(200)}
+    copies = hierarchical_bootstrap(as_runs(a4), as_runs(b4), samples=400, user_draw=user_draw, clusters=ids)
+    assert copies["mean"] == pytest.approx(once["mean"]) and copies["clusters"] == 50
+    assert (copies["low"], copies["high"]) == (pytest.approx(once["low"]), pytest.approx(once["high"]))
+    rows = hierarchical_bootstrap(as_runs(a4), as_runs(b4), samples=400, user_draw=user_draw, small_sample=False)
+    once_plain = hierarchical_bootstrap(as_runs(a), as_runs(b), samples=400, user_draw=user_draw, small_sample=False)
+    assert (rows["high"] - rows["low"]) < 0.8 * (once_plain["high"] - once_plain["low"])
+
+
+def test_unpaired_seeds_by_user_id_copies_too():
+    a, b = simulate(np.random.default_rng(13), seeds=4, users=30)
+    ra, rb = as_runs(a), {s: v for s, v in as_runs(b).items() if s != 3}
+    once = hierarchical_bootstrap(ra, rb, samples=300)
+    a3, b3 = np.repeat(a, 3, axis=1), np.repeat(b, 3, axis=1)
+    copies = hierarchical_bootstrap(as_runs(a3), {s: v for s, v in as_runs(b3).items() if s != 3}, samples=300,
+                                    clusters={row: row // 3 for row in range(90)})
+    assert "unpaired" in copies["method"] and "by user id (30 ids)" in copies["method"]
+    assert (copies["low"], copies["high"]) == (pytest.approx(once["low"]), pytest.approx(once["high"]))
+
+
+def test_a_row_without_a_user_id_is_refused_by_name():
+    with pytest.raises(ValueError, match="user 3 has no cluster"):
+        user_bootstrap({1: 0.0, 2: 1.0, 3: 0.5}, {1: 0.0, 2: 0.0, 3: 0.0}, clusters={1: "a", 2: "a"})
+    with pytest.raises(ValueError, match="user 3 has no cluster"):
+        hierarchical_bootstrap(A, B, clusters={1: "a", 2: "b"})
