@@ -3,7 +3,8 @@
 - `popularity`: the same list for every user, the catalogue's titles ranked by how often their items
   are the target of the run's training rows (the rows the model was trained on); ties by the
   smallest item id. Titles shared by several items count once with the sum of their counts, as the
-  decoder returns them.
+  decoder returns them. Under `decode.exclude_history` each user's history titles are skipped, as
+  the model's decode skips them.
 - `zero_shot`: the model as it was before its first optimiser step (the run's seed, its backbone
   and, with LoRA, freshly initialised adapters that leave the backbone's output unchanged), decoded
   exactly like the fine-tuned one.
@@ -40,12 +41,27 @@ def popularity_ranking(targets: list[int], trie, k: int) -> list[tuple[int, int]
 
 
 def popularity_predictions(cfg: Config, dataset, encoder, indices: list[int]) -> tuple[list[dict], dict]:
+    """The popularity list on the test rows `indices`. With `decode.exclude_history`, as the model's
+    decode there: per row, the titles of its history are skipped and the next most popular fill in."""
     train_rows = training_rows(dataset, cfg.train.max_train_examples)
-    ranking = popularity_ranking([r.target for r in train_rows], encoder.trie, cfg.decode.num_beams)
+    k = cfg.decode.num_beams
     catalogue, trie = encoder.catalogue, encoder.trie
-    rec = Recommendation([catalogue.title(trie.items_at(n)[0]) for n, _ in ranking],
-                         [trie.items_at(n) for n, _ in ranking], [float(c) for _, c in ranking])
-    preds = [prediction_record(dataset.test[i], i, rec, catalogue) for i in indices]
+    skip = cfg.decode.exclude_history
+    longest = max((len(dataset.test[i].history) for i in indices), default=0) if skip else 0
+    ranking = popularity_ranking([r.target for r in train_rows], trie, k + longest)
+
+    def recommendation(ranked: list[tuple[int, int]]) -> Recommendation:
+        return Recommendation([catalogue.title(trie.items_at(n)[0]) for n, _ in ranked],
+                              [trie.items_at(n) for n, _ in ranked], [float(c) for _, c in ranked])
+
+    shared = recommendation(ranking[:k])
+    preds = []
+    for i in indices:
+        rec = shared
+        if skip:  # a title is skipped when any history item has it (as the decoder's exclusion)
+            seen = set(dataset.test[i].history)
+            rec = recommendation([(n, c) for n, c in ranking if seen.isdisjoint(trie.items_at(n))][:k])
+        preds.append(prediction_record(dataset.test[i], i, rec, catalogue))
     metrics = metrics_of(preds, cfg.decode)
     metrics["reference"] = {"name": "popularity", "train_rows": len(train_rows)}
     return preds, metrics

@@ -14,6 +14,9 @@ class _Trie:
     def __init__(self, terminal_items):
         self.terminal_items = terminal_items
 
+    def items_at(self, node):
+        return self.terminal_items.get(node, ())
+
 
 def test_popularity_ranks_titles_by_target_count_ties_by_smallest_item():
     # node 10 holds items 1 and 7 (one title twice): 2 + 1 = 3 targets; node 11 (item 2): 3 targets;
@@ -92,3 +95,27 @@ def test_sentence_says_what_the_intervals_say():
 def test_an_unknown_reference_is_refused_where_it_is_set():
     with pytest.raises(ConfigError, match=r"analysis.references\[1\]: 'random' is not one of"):
         load_config(None, ["analysis.references=[popularity,random]"])
+
+
+def test_popularity_skips_each_users_history_titles_when_the_decode_does():
+    from types import SimpleNamespace
+
+    from bearrec.data.catalogue import Example
+    from bearrec.references import popularity_predictions
+
+    # titles (trie terminals): node 10 = items 1 and 7 (one title), 11 = item 2, 12 = item 5, 13 = item 9
+    trie = _Trie({10: (1, 7), 11: (2,), 12: (5,), 13: (9,)})
+    titles = {1: "A", 7: "A", 2: "B", 5: "C", 9: "D"}
+    encoder = SimpleNamespace(trie=trie, catalogue=SimpleNamespace(title=titles.__getitem__))
+    train = [Example("u", (), t, 0) for t in (2, 2, 2, 1, 7, 5, 9)]  # counts: B 3, A 2, C 1, D 1 (C before D: item 5 < 9)
+    test = [Example("x", (3, 7), 5, 0), Example("y", (2, 5), 9, 0), Example("z", (4,), 9, 0)]
+    dataset = SimpleNamespace(train=train, test=test)
+    for on, want in ((False, [["B", "A", "C"]] * 3),
+                     # x has item 7 (title A): B, C, D; y has B and C: A, D; z has none of them
+                     (True, [["B", "C", "D"], ["A", "D"], ["B", "A", "C"]])):
+        cfg = load_config(None, ["decode.num_beams=3", f"decode.exclude_history={str(on).lower()}",
+                                 "analysis.pruning_users=0"])
+        preds, metrics = popularity_predictions(cfg, dataset, encoder, [0, 1, 2])
+        assert [p["titles"] for p in preds] == want
+        assert [p["rank"] for p in preds] == ([2, None, None] if not on else [1, 1, None])
+        assert metrics.get("exclude_history", False) is on
