@@ -101,10 +101,11 @@ def worker(variant: str, opts: dict, queue) -> None:
     torch.set_num_threads(opts["threads"])
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback
 
+    from bearrec.callbacks import DivergenceGuard
     from bearrec.config import load_config
     from bearrec.data import load_dataset
     from bearrec.evaluation import seeded_subset
-    from bearrec.training import (BearTrainer, Collator, DivergenceGuard, TrainingSet, attention_backends,
+    from bearrec.training import (BearTrainer, Collator, TrainingSet, attention_backends,
                                   build_encoder_and_model, prepare_for_training, training_arguments)
 
     cfg = load_config(opts["config"], [f"train.batch_size={opts['batch_size']}", f"loss.name={opts['loss']}",

@@ -154,7 +154,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it(tmp_path, monkeypatch):
 
 def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_previous_one(tmp_path, monkeypatch):
     from bearrec.driver import run
-    from bearrec.training import last_complete_checkpoint
+    from bearrec.callbacks import last_complete_checkpoint
 
     cfg = _tiny_cfg(tmp_path)
     _kill_at_checkpoint(monkeypatch, 4, partial=True)

@@ -7,7 +7,7 @@ import yaml
 
 from bearrec.config import Config, identity, to_dict
 from bearrec.rundir import RunDirectoryError, claim, clear_results, config_hash, mark
-from bearrec.training import last_complete_checkpoint
+from bearrec.callbacks import last_complete_checkpoint
 
 
 def test_the_hash_ignores_what_measures_nothing_and_resolves_auto():
