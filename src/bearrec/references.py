@@ -63,7 +63,7 @@ def popularity_predictions(cfg: Config, dataset, encoder, indices: list[int]) ->
             rec = recommendation([(n, c) for n, c in ranking if seen.isdisjoint(trie.items_at(n))][:k])
         preds.append(prediction_record(dataset.test[i], i, rec, catalogue))
     metrics = metrics_of(preds, cfg.decode)
-    metrics["reference"] = {"name": "popularity", "train_rows": len(train_rows)}
+    metrics["reference"] = {"name": "popularity", "train_rows": len(train_rows), **({"history_excluded": True} if skip else {})}
     return preds, metrics
 
 
@@ -114,7 +114,8 @@ def _per_user(path: Path, k: int, user_ids: dict | None = None) -> dict[int, tup
 
 def summarize(run_dir: Path, k: int = 10, samples: int = 2000) -> dict | None:
     """The fine-tuned model beside each reference found in `run_dir` at cut-off `k`: users, hits,
-    NDCG@k, HR@k, and the paired bootstrap interval (over users) of model - reference NDCG@k.
+    NDCG@k, HR@k, and the paired bootstrap interval of model - reference NDCG@k (user ids drawn, each
+    with all of its rows, where the predictions record them; else rows).
     None when the run has no test predictions or no reference."""
     from bearrec.stats import user_bootstrap
 
@@ -133,7 +134,8 @@ def summarize(run_dir: Path, k: int = 10, samples: int = 2000) -> dict | None:
                              f"({len(ref)} vs {len(model)}); delete it and rerun `bearrec run`")
         diff = user_bootstrap({u: v[0] for u, v in model.items()}, {u: v[0] for u, v in ref.items()}, samples=samples,
                               clusters=clusters)
-        rows[name] = {**_row(ref), "model_minus": {key: diff[key] for key in ("mean", "low", "high")}}
+        rows[name] = {**_row(ref), "model_minus": {**{key: diff[key] for key in ("mean", "low", "high")},
+                                                   "user_ids": diff.get("clusters")}}  # None: rows drawn one by one
     return {"k": k, "rows": rows}
 
 
@@ -168,7 +170,10 @@ def sentence(summary: dict, method: str) -> str:
 
 def markdown(summary: dict) -> list[str]:
     k, rows = summary["k"], summary["rows"]
-    lines = [f"| | users | hits@{k} | HR@{k} | NDCG@{k} | model - this, NDCG@{k} (95% CI) |", "|---|---|---|---|---|---|"]
+    ids = [r["model_minus"].get("user_ids") for r in rows.values() if r.get("model_minus")]
+    drawn = f"{ids[0]} user ids drawn" if ids and ids[0] else "rows drawn one by one"
+    lines = [f"| | users | hits@{k} | HR@{k} | NDCG@{k} | model - this, NDCG@{k} (95% CI, {drawn}) |",
+             "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         title = "this model (chosen epoch)" if name == "model" else TITLES[name]
         d = r.get("model_minus")

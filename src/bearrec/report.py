@@ -137,7 +137,8 @@ def load_run(run_dir: str | Path, evaluation: str = "eval-test", with_ranks: boo
         settings.pop("decode.preset", None)  # do not record it, and the config's would be wrong there)
     return {"dir": str(run_dir), "base": label, "method": label, "dataset": cfg["data"]["name"], "seed": cfg["seed"],
             "settings": settings, "metrics": metrics["item"], "ranks": ranks,
-            "user_ids": user_ids if None not in user_ids.values() else None}  # None: not recorded (older archives)
+            "user_ids": user_ids if with_ranks and None not in user_ids.values() else None}  # None: not read or
+    # not recorded (archives made before they were kept)
 
 
 def read_predictions(folder: Path) -> list[str]:
@@ -175,16 +176,25 @@ def load_references(run_dirs: list[str | Path]) -> list[dict]:
             if not (Path(d) / folder / "metrics.json").exists():
                 continue
             r = load_run(d, folder)
-            r["base"] = r["method"] = label
+            excluded = r["settings"].get("decode.exclude_history") == "true"  # a decode that skips the history
+            if excluded and folder == "ref-popularity" and not _json(Path(d) / folder / "metrics.json").get(
+                    "reference", {}).get("history_excluded"):
+                raise BearrecError(f"{Path(d) / folder}: made before the popularity reference skipped the history "
+                                   "titles under decode.exclude_history; delete it and rerun `bearrec run`")
+            r["base"] = r["method"] = label + (" (history excluded)" if excluded else "")
             r["settings"] = {}
             if not by_seed:
                 r["seed"] = 0
-            key = (label, r["dataset"], r["seed"])
+            key = (r["method"], r["dataset"], r["seed"])
             if key in out and out[key]["ranks"] != r["ranks"]:
                 raise BearrecError(f"{out[key]['dir']} and {d}: their {folder}/ differ on {r['dataset']} (other data, "
                                    f"decoding or model settings); compare runs that share them")
             out.setdefault(key, r)
     return list(out.values())
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def per_user_ndcg(runs: list[dict], k: int = 10) -> dict[int, dict[int, float]]:
@@ -303,12 +313,13 @@ def describe_difference(dataset: str, s: dict) -> str:
         text = f"{head} = {s['mean']:+.4f}{means}; {s.get('reason', 'no interval')}"
     else:
         seeds = f"{unpaired['a']} and {unpaired['b']}" if unpaired else s["seeds"]
+        rows = f"{s['users']} test rows of {s['clusters']} user ids" if s.get("clusters") else f"{s['users']} users"
         text = (f"{head} = {s['mean']:+.4f}, 95% CI [{s['low']:+.4f}, {s['high']:+.4f}] ({s['method']}; "
-                f"{seeds} seeds, {s['users']} users)")
+                f"{seeds} seeds, {rows})")
     text += f". Per seed: {per_seed}." if per_seed else "."
     old = s.get("users_only")
     if old and old.get("low") is not None:
-        by = f", {old['clusters']} user ids drawn" if old.get("clusters") else ""
+        by = f", {old['clusters']} user ids drawn" if old.get("clusters") else ", rows drawn one by one: user ids not recorded"
         text += (f" Users-only bootstrap (seeds averaged per user, ignores seed variance{by}): "
                  f"[{old['low']:+.4f}, {old['high']:+.4f}].")
     return text

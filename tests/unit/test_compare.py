@@ -167,13 +167,33 @@ def test_other_evaluations_of_the_same_runs_get_their_own_rows(tmp_path, capsys)
     assert "eval-test-ghost/metrics.json: missing" in capsys.readouterr().err
 
 
-def _add_reference(run, folder, ranks):
+def _add_reference(run, folder, ranks, **metrics):
     (run / folder).mkdir()
     (run / folder / "predictions.jsonl").write_text("".join(json.dumps({"index": i, "rank": r}) + "\n"
                                                             for i, r in enumerate(ranks)))
     n = len(ranks)
     hits = sum(r is not None and r < 10 for r in ranks)
-    (run / folder / "metrics.json").write_text(json.dumps({"item": {"HR@10": hits / n, "NDCG@10": 0.0}}))
+    (run / folder / "metrics.json").write_text(json.dumps({"item": {"HR@10": hits / n, "NDCG@10": 0.0}, **metrics}))
+
+
+def test_a_popularity_reference_that_skips_the_history_is_its_own_row(tmp_path):
+    """A run decoding with exclude_history has a popularity reference that skips each user's history
+    titles: it is not the other runs' popularity, so it gets its own row instead of a disagreement."""
+    plain = make_run(tmp_path, "msl0", "msl", 0, [0, 3, None, 1])
+    _add_reference(plain, "ref-popularity", [None, 5, 2, None])
+    skipping = make_run(tmp_path, "sft0", "sft", 0, [1, None, None, 1])
+    _add_reference(skipping, "ref-popularity", [None, 4, 2, 7], exclude_history=True,
+                   reference={"name": "popularity", "history_excluded": True})
+    rows = [r for r in compare([plain, skipping], bootstrap_samples=50, references=True)["runs"]
+            if r["method"].startswith("popularity")]
+    assert sorted((r["method"], r["dir"]) for r in rows) == [("popularity", str(plain)),
+                                                             ("popularity (history excluded)", str(skipping))]
+    # one written before the reference skipped the history (its decode setting recorded, not applied)
+    stale = make_run(tmp_path, "bear0", "bear", 0, [0, 0, 0, 0])
+    _add_reference(stale, "ref-popularity", [None, 5, 2, None], exclude_history=True,
+                   reference={"name": "popularity"})
+    with pytest.raises(BearrecError, match="made before the popularity reference skipped the history"):
+        compare([stale], bootstrap_samples=50, references=True)
 
 
 def test_reference_rows_come_once_per_dataset_and_seed_and_must_agree(tmp_path):
@@ -295,6 +315,11 @@ def test_rows_of_one_user_id_are_drawn_together(tmp_path):
     plain = make_run(tmp_path / "old", "msl0", "msl", 0, ranks[0][1])
     (sig,) = compare([*runs[:1], plain, *runs[2:]], bootstrap_samples=300)["significance"]["office"]
     assert "clusters" not in sig and "rows drawn one by one (user ids not recorded)" in sig["method"]
+    # with fewer than 3 seeds only the users-only interval is printed: it says how it drew too
+    few = compare([runs[0], plain], bootstrap_samples=100, pairs=[("bear", "msl")])
+    assert "rows drawn one by one: user ids not recorded" in to_markdown(few)
+    few = compare(runs[:2], bootstrap_samples=100, pairs=[("bear", "msl")])
+    assert "2 user ids drawn" in to_markdown(few)
 
 
 def test_runs_that_give_a_row_two_user_ids_are_refused_by_name(tmp_path):

@@ -47,6 +47,7 @@ def test_the_interval_draws_rows_of_one_user_id_together(tmp_path):
     want = user_bootstrap({i: ndcg(r, 10) for i, r in enumerate(model)}, {i: ndcg(r, 10) for i, r in enumerate(ref)},
                           samples=300, clusters=dict(enumerate(ids)))
     assert want["clusters"] == 3 and (got["low"], got["high"]) == (want["low"], want["high"])
+    assert "3 user ids drawn" in markdown(summarize(tmp_path, k=10, samples=50))[0]
 
 
 def test_summary_counts_hits_and_ndcg_per_reference(tmp_path):
@@ -119,3 +120,4 @@ def test_popularity_skips_each_users_history_titles_when_the_decode_does():
         assert [p["titles"] for p in preds] == want
         assert [p["rank"] for p in preds] == ([2, None, None] if not on else [1, 1, None])
         assert metrics.get("exclude_history", False) is on
+        assert metrics["reference"].get("history_excluded", False) is on  # tells it from one made before
