@@ -63,7 +63,8 @@ def popularity_predictions(cfg: Config, dataset, encoder, indices: list[int]) ->
             rec = recommendation([(n, c) for n, c in ranking if seen.isdisjoint(trie.items_at(n))][:k])
         preds.append(prediction_record(dataset.test[i], i, rec, catalogue))
     metrics = metrics_of(preds, cfg.decode)
-    metrics["reference"] = {"name": "popularity", "train_rows": len(train_rows), **({"history_excluded": True} if skip else {})}
+    metrics["reference"] = {"name": "popularity", "train_rows": len(train_rows),
+                            **({"history_excluded": True} if skip else {})}
     return preds, metrics
 
 

@@ -319,7 +319,8 @@ def describe_difference(dataset: str, s: dict) -> str:
     text += f". Per seed: {per_seed}." if per_seed else "."
     old = s.get("users_only")
     if old and old.get("low") is not None:
-        by = f", {old['clusters']} user ids drawn" if old.get("clusters") else ", rows drawn one by one: user ids not recorded"
+        by = (f", {old['clusters']} user ids drawn" if old.get("clusters")
+              else ", rows drawn one by one: user ids not recorded")
         text += (f" Users-only bootstrap (seeds averaged per user, ignores seed variance{by}): "
                  f"[{old['low']:+.4f}, {old['high']:+.4f}].")
     return text

@@ -108,7 +108,8 @@ def test_popularity_skips_each_users_history_titles_when_the_decode_does():
     trie = _Trie({10: (1, 7), 11: (2,), 12: (5,), 13: (9,)})
     titles = {1: "A", 7: "A", 2: "B", 5: "C", 9: "D"}
     encoder = SimpleNamespace(trie=trie, catalogue=SimpleNamespace(title=titles.__getitem__))
-    train = [Example("u", (), t, 0) for t in (2, 2, 2, 1, 7, 5, 9)]  # counts: B 3, A 2, C 1, D 1 (C before D: item 5 < 9)
+    # target counts: B 3, A 2, C 1, D 1 (C before D: item 5 < 9)
+    train = [Example("u", (), t, 0) for t in (2, 2, 2, 1, 7, 5, 9)]
     test = [Example("x", (3, 7), 5, 0), Example("y", (2, 5), 9, 0), Example("z", (4,), 9, 0)]
     dataset = SimpleNamespace(train=train, test=test)
     for on, want in ((False, [["B", "A", "C"]] * 3),
