@@ -279,3 +279,27 @@ def test_false_positive_rate_when_rows_of_one_user_agree():
     # measured here: rows 0.32, ids 0.06, old_rows 0.46, old_ids 0.08 (noise sd 0.3: 0.30, 0.05, 0.45, 0.09)
     assert rates["rows"] >= 0.2 and rates["old_rows"] >= 0.2  # the defect
     assert rates["ids"] <= 0.12 and rates["old_ids"] <= 0.12
+
+
+def test_two_stage_by_user_id_equals_a_slow_oracle_with_interleaved_rows():
+    """Rows keyed out of order, one user's rows interleaved with others' (ids numbered by first
+    appearance among the sorted rows): the shared two-stage draw against a loop written from the
+    definition, with the same random draws (seeds first, then user ids)."""
+    rows = [40, 12, 31, 7, 25, 18, 3]
+    owner = {40: "p", 12: "q", 31: "p", 7: "r", 25: "q", 18: "p", 3: "r"}
+    rng = np.random.default_rng(9)
+    a = {s: {r: float(rng.uniform()) for r in rows} for s in range(3)}
+    b = {s: {r: float(rng.uniform()) for r in rows} for s in range(3)}
+    got = hierarchical_bootstrap(a, b, samples=400, seed=5, small_sample=False, clusters=owner)
+    ordered = sorted(rows)  # 3 (r), 7 (r), 12 (q), 18 (p), 25 (q), 31 (p), 40 (p): ids r=0, q=1, p=2
+    members = {0: [3, 7], 1: [12, 25], 2: [18, 31, 40]}
+    draw = np.random.default_rng(5)
+    seeds_drawn = draw.integers(0, 3, size=(400, 3))
+    ids_drawn = draw.integers(0, 3, size=(400, 3))
+    stats = []
+    for seeds, ids in zip(seeds_drawn, ids_drawn):
+        value = {r: np.mean([a[s][r] - b[s][r] for s in seeds]) for r in ordered}
+        stats.append(np.mean([value[r] for c in ids for r in members[c]]))
+    low, high = np.quantile(stats, [0.025, 0.975])
+    assert got["clusters"] == 3 and got["users"] == 7
+    assert (got["low"], got["high"]) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
