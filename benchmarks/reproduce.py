@@ -106,15 +106,32 @@ def plan(args, phase: int = 1) -> list[tuple[list[str], Path]]:
                     overrides = [*overrides, f"model.name_or_path={start}"]
                 pruning = f"analysis.pruning_users={args.pruning_users if seed == args.pruning_seed else 0}"
                 config = CONFIGS[args.backbone][dataset]
-                runs.append((["run", "--config", config, *overrides, f"seed={seed}", pruning,
+                both = [OTHER_SOFTMAX] if _base_name(name) in softmax_rows(args) else []
+                runs.append((["run", "--config", config, *overrides, f"seed={seed}", pruning, *both,
                               f"output_dir={out}", *args.overrides], out))
     return runs
+
+
+# a run whose *-softmax row is asked for decodes its test users both ways itself, from one prefill per
+# batch (`analysis.other_softmax`); the row's `bearrec evaluate` is left for runs tested before that
+OTHER_SOFTMAX = "analysis.other_softmax=true"
+
+
+def softmax_rows(args) -> set[str]:
+    """The base methods whose *-softmax rows --methods asks for."""
+    return {base for name, (base, _, folder) in DECODED.items()
+            if folder.endswith("-softmax") and name in (args.methods or [])}
+
+
+def _base_name(method: str) -> str:
+    return "bear" if method.startswith("bear-") else method
 
 
 def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
     """(bearrec argv, output folder, run it waits for) for the DECODED rows asked for in --methods: every
     run of their base method and --seeds that has finished, or that `batch` ((argv, run dir, after)
-    items of this call) will run (then it waits for that run), and has no such decode yet."""
+    items of this call) will run (then it waits for that run), and has no such decode yet, nor will
+    have one from its own test decode (a planned run with `OTHER_SOFTMAX` not tested yet)."""
     planned = {out: argv for argv, out, _ in batch}
     items = []
     for name, (base, flags, folder) in DECODED.items():
@@ -126,6 +143,8 @@ def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
                     if (run / folder / "metrics.json").exists() or not (
                             run in planned or (run / "metrics.json").exists()):
                         continue
+                    if OTHER_SOFTMAX in planned.get(run, []) and not (run / "eval-test" / "metrics.json").exists():
+                        continue  # its own test decode writes `folder` (`bearrec.evaluation.other_softmax_folder`)
                     users = _same_test_users(run, planned.get(run))
                     items.append((["evaluate", "--model", str(run), *flags, *users, "--out", str(run / folder)],
                                   run / folder, run if run in planned else None))

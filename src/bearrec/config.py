@@ -28,7 +28,8 @@ from bearrec.sections import (PRESETS, AnalysisConfig, BearConfig, CftConfig, Co
 LEGACY = {"loss.bear.short_sets": "trivial", "train.selection_rule": "max"}
 # Keys that change nothing a run measures (paths, logging, warnings): not part of its identity.
 NOT_MEASURED = ("output_dir", "data.data_dir", "decode.batch_size", "train.report_to", "train.logging_steps",
-                "train.save_steps", "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long", "analysis.references")
+                "train.save_steps", "train.min_valid_hits", "prompt.max_title_tokens", "prompt.on_too_long", "analysis.references",
+                "analysis.other_softmax")
 
 
 def effective_short_sets(loss_name: str, form: str, short_sets: str) -> str:

@@ -26,7 +26,8 @@ the tokens some beam may emit, and a beam at a trie node with one child is score
 the model and fed its waiting tokens in one forward when it next branches; under the full softmax a
 run of steps where every beam's next token is forced is computed in one forward. Results equal the
 one-step-at-a-time schedule (`forced_chains=False`) to float rounding (chunked forwards sum in
-another order: scores agree to ~2e-7 with SmolLM2 on Office, tested to 1e-5).
+another order: scores agree to ~2e-7 with SmolLM2 on Office, tested to 1e-5). Searches of the same
+prompts under both softmaxes (`beam_search_softmaxes`) share one prefill (`Prefilled.fork`).
 
 The search reads top to bottom in `_decode`: `Prefilled` (prefill the prompts), then per step
 `_score_children` (every live beam's trie children and their scores; the model runs only where
@@ -56,7 +57,8 @@ from bearrec.feeding import Prefilled
 from bearrec.modeling import ModelError
 from bearrec.trie import TitleTrie
 
-__all__ = ["Ranked", "Prefilled", "DecodeStats", "beam_search", "prefix_thresholds", "BthCandidateScores"]
+__all__ = ["Ranked", "Prefilled", "DecodeStats", "beam_search", "beam_search_softmaxes", "prefix_thresholds",
+           "BthCandidateScores"]
 
 
 @dataclass
@@ -90,6 +92,25 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
     `stats`: filled with step and forward counts. `excluded`: per prompt, terminal trie nodes (titles)
     never returned: their EOS candidate scores -inf, so it neither finishes nor takes a beam's place,
     and no other score changes (e.g. the titles of the user's history; None: none)."""
+    return beam_search_softmaxes(model, trie, prompts, num_beams, (constrained_softmax,), length_penalty=length_penalty,
+                                 pad_token_id=pad_token_id, shared_prefix=shared_prefix,
+                                 ghost_threshold=ghost_threshold, token_weights=token_weights,
+                                 forced_chains=forced_chains, stats=stats, excluded=excluded)[0]
+
+
+@torch.no_grad()
+def beam_search_softmaxes(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int,
+                          softmaxes: tuple[bool, ...], *, length_penalty: float = 1.0, pad_token_id: int = 0,
+                          shared_prefix: bool | None = None, ghost_threshold: float | None = None,
+                          token_weights: torch.Tensor | None = None, forced_chains: bool = True,
+                          stats: "DecodeStats | None" = None,
+                          excluded: list[list[int]] | None = None) -> list[list[Ranked]]:
+    """`beam_search` once per entry of `softmaxes` (its `constrained_softmax`: True over the trie-valid
+    tokens, False over the vocabulary), everything else alike: one list of results per entry, each
+    equal to `beam_search`'s. With the shared-prefix cache the prompts are prefilled once for all of
+    them (`Prefilled.fork`), else once per entry. `stats` counts every search."""
+    if not softmaxes:
+        raise ValueError("softmaxes names no search")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if ghost_threshold is not None and not 0 < ghost_threshold <= 1:
@@ -103,10 +124,16 @@ def beam_search(model, trie: TitleTrie, prompts: list[list[int]], num_beams: int
         raise ValueError(f"excluded names titles for {len(excluded)} prompts, not {len(prompts)}")
     banned = ragged.padded(torch.tensor([n for e in excluded for n in e], dtype=torch.long),
                            torch.tensor([len(e) for e in excluded]), -1, min_width=1) if excluded else None
-    run = Prefilled(model, prompts, constrained_softmax, pad_token_id, shared_prefix)
-    with run.attention():
-        return _decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains, stats=stats,
-                       token_weights=token_weights, banned=banned)
+    first = Prefilled(model, prompts, softmaxes[0], pad_token_id, shared_prefix)
+    forks = [first.fork(s) for s in softmaxes[1:]] if first.shared else None  # before the first search writes
+    out = []
+    for i, softmax in enumerate(softmaxes):
+        run = first if i == 0 else forks[i - 1] if forks is not None else Prefilled(
+            model, prompts, softmax, pad_token_id, shared_prefix)
+        with run.attention():
+            out.append(_decode(run, trie, num_beams, length_penalty, ghost_threshold, forced_chains=forced_chains,
+                               stats=stats, token_weights=token_weights, banned=banned))
+    return out
 
 
 @torch.no_grad()

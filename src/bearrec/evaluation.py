@@ -6,10 +6,11 @@ which writes the same files (and the same metrics) as a single process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bearrec.atomic import atomic_directory
 from bearrec.config import DecodeConfig
 from bearrec.data.catalogue import Example
 from bearrec.data.encode import Encoder
-from bearrec.decoding import beam_search
+from bearrec.decoding import beam_search_softmaxes
 from bearrec.errors import BearrecError
 from bearrec.metrics import item_rank, summarize, title_rank
 
@@ -69,24 +70,33 @@ class Recommender:
     def recommend(self, histories: list[tuple[int, ...]], progress: bool = False,
                   on_batch: Callable[[list[int], list[Recommendation]], None] | None = None) -> list[Recommendation]:
         """Top-B titles per history; `on_batch(positions, recommendations)` after each decoded batch."""
+        each = None if on_batch is None else (lambda positions, recs: on_batch(positions, recs[0]))
+        return self.recommend_each(histories, (self.decode.constrained_softmax,), progress, each)[0]
+
+    def recommend_each(self, histories: list[tuple[int, ...]], softmaxes: tuple[bool, ...], progress: bool = False,
+                       on_batch: Callable[[list[int], list[list[Recommendation]]], None] | None = None
+                       ) -> list[list[Recommendation]]:
+        """`recommend` under each softmax of `softmaxes` (`decode.constrained_softmax` values), a batch's
+        prompts prefilled once for all (`bearrec.decoding.beam_search_softmaxes`): a list per softmax;
+        `on_batch(positions, [recommendations per softmax])` after each decoded batch."""
         prompts = [self.encoder.prompt_ids(h) for h in histories]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
-        out: list[Recommendation | None] = [None] * len(prompts)
+        out: list[list[Recommendation | None]] = [[None] * len(prompts) for _ in softmaxes]
         bs = self.decode.batch_size
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         with self.autocast():
             for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress):
-                ranked = beam_search(self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams,
-                                     constrained_softmax=self.decode.constrained_softmax,
-                                     length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id,
-                                     ghost_threshold=self.decode.ghost_threshold,
-                                     token_weights=self.token_weights,
-                                     excluded=self.excluded([histories[i] for i in batch]))
-                for i, r in zip(batch, ranked):
-                    out[i] = Recommendation([self._titles[n] for n in r.nodes],
-                                            [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
+                ranked_each = beam_search_softmaxes(
+                    self.model, self.encoder.trie, [prompts[i] for i in batch], self.decode.num_beams, softmaxes,
+                    length_penalty=self.decode.length_penalty, pad_token_id=self.pad_token_id,
+                    ghost_threshold=self.decode.ghost_threshold, token_weights=self.token_weights,
+                    excluded=self.excluded([histories[i] for i in batch]))
+                for recs, ranked in zip(out, ranked_each):
+                    for i, r in zip(batch, ranked):
+                        recs[i] = Recommendation([self._titles[n] for n in r.nodes],
+                                                 [self.encoder.trie.items_at(n) for n in r.nodes], r.scores)
                 if on_batch is not None:
-                    on_batch(batch, [out[i] for i in batch])
+                    on_batch(batch, [[recs[i] for i in batch] for recs in out])
         return out
 
     def excluded(self, histories: list[tuple[int, ...]]) -> list[list[int]] | None:
@@ -138,36 +148,63 @@ def evaluate(recommender: Recommender, examples: list[Example], indices: list[in
     under the same first line (an evaluation cut off earlier) are not decoded again (the rest are
     batched anew: their scores equal an uninterrupted decode's to rounding); another first line and
     the file starts over. The caller deletes it once the outputs are written."""
+    return evaluate_each(recommender, examples, indices, (recommender.decode.constrained_softmax,), progress,
+                         [partial], model)[0]
+
+
+def evaluate_each(recommender: Recommender, examples: list[Example], indices: list[int] | None,
+                  softmaxes: tuple[bool, ...], progress: bool = True, partials: list | None = None,
+                  model: str = "") -> list[tuple[list[dict], dict]]:
+    """`evaluate` under each softmax of `softmaxes` (the recommender's decoding otherwise), every batch
+    prefilled once for all (`Recommender.recommend_each`): (predictions, metrics) per softmax. `partials`:
+    one file per softmax (as `evaluate`'s `partial`); a user is decoded again unless every file holds it."""
     from accelerate.utils import gather_object
 
     indices = list(range(len(examples))) if indices is None else indices
+    decodes = [dataclasses.replace(recommender.decode, constrained_softmax=s) for s in softmaxes]
     state = distributed_state()
     catalogue = recommender.encoder.catalogue
-    if partial is not None and state.num_processes == 1:
-        header = json.dumps({"partial_of": model, **{k: getattr(recommender.decode, k) for k in DECODING_KEYS},
-                             **recorded_exclusion(recommender.decode),
-                             "users": len(indices), "first": indices[:1], "last": indices[-1:]})
-        done = read_records(partial, PREDICTION_KEYS, header)
-        todo = [i for i in indices if i not in done]
-        with Path(partial).open("a" if done else "w", encoding="utf-8") as out:
-            if not done:
-                out.write(header + "\n")
 
-            def append(positions: list[int], recs: list[Recommendation]) -> None:
-                append_records(out, [prediction_record(examples[todo[j]], todo[j], r, catalogue)
-                                     for j, r in zip(positions, recs)])
+    def records(positions, recs) -> list[dict]:
+        return [prediction_record(examples[i], i, r, catalogue) for i, r in zip(positions, recs)]
 
-            recs = recommender.recommend([examples[i].history for i in todo], progress=progress, on_batch=append)
-        fresh = [prediction_record(examples[i], i, r, catalogue) for i, r in zip(todo, recs)]
-        preds = sorted([*done.values(), *fresh], key=lambda p: p["index"])
-        return preds, metrics_of(preds, recommender.decode)
+    def results(preds_each: list[list[dict]]) -> list[tuple[list[dict], dict]]:
+        ordered = [sorted(preds, key=lambda p: p["index"]) for preds in preds_each]
+        return [(preds, metrics_of(preds, decode)) for preds, decode in zip(ordered, decodes)]
+
+    if partials is not None and all(p is not None for p in partials) and state.num_processes == 1:
+        headers = [json.dumps({"partial_of": model, **{k: getattr(d, k) for k in DECODING_KEYS},
+                               **recorded_exclusion(d), "users": len(indices), "first": indices[:1],
+                               "last": indices[-1:]}) for d in decodes]
+        done = [read_records(p, PREDICTION_KEYS, h) for p, h in zip(partials, headers)]
+        todo = [i for i in indices if any(i not in d for d in done)]
+        with ExitStack() as stack:
+            outs = [stack.enter_context(Path(p).open("a" if d else "w", encoding="utf-8"))
+                    for p, d in zip(partials, done)]
+            for out, header, d in zip(outs, headers, done):
+                if not d:
+                    out.write(header + "\n")
+
+            def append(positions: list[int], recs_each: list[list[Recommendation]]) -> None:
+                for out, recs in zip(outs, recs_each):
+                    append_records(out, records([todo[j] for j in positions], recs))
+
+            recs_each = recommender.recommend_each([examples[i].history for i in todo], softmaxes, progress=progress,
+                                                   on_batch=append)
+        return results([list({**d, **{p["index"]: p for p in records(todo, recs)}}.values())
+                        for d, recs in zip(done, recs_each)])
     with state.split_between_processes(indices) as mine:
-        recs = recommender.recommend([examples[i].history for i in mine], progress=progress and state.is_main_process)
-        preds = [prediction_record(examples[i], i, r, catalogue) for i, r in zip(mine, recs)]
+        recs_each = recommender.recommend_each([examples[i].history for i in mine], softmaxes,
+                                               progress=progress and state.is_main_process)
+        preds_each = [records(mine, recs) for recs in recs_each]
     if state.num_processes > 1:
-        preds = gather_object(preds)
-    preds = sorted(preds, key=lambda p: p["index"])
-    return preds, metrics_of(preds, recommender.decode)
+        preds_each = [gather_object(preds) for preds in preds_each]
+    return results(preds_each)
+
+
+def other_softmax_folder(decode: DecodeConfig, split: str = "test") -> str:
+    """Where `analysis.other_softmax` writes the decode with the softmax `decode` does not use."""
+    return f"eval-{split}-{'vocab' if decode.constrained_softmax else 'valid'}-softmax"
 
 
 def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:

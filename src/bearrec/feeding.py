@@ -15,6 +15,7 @@ the child log-probabilities that `child_log_probs` returns (the beam bookkeeping
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 
 import torch
@@ -118,6 +119,17 @@ class Prefilled:
         positions = ragged.position_ids(self.prompt_mask)
         self.state, self.cache = self.scorer.forward(*to_device(self.device, input_ids, self.prompt_mask, positions),
                                                      None)
+
+    def fork(self, constrained_softmax: bool) -> "Prefilled":
+        """This prefill, scored under `constrained_softmax`, for another search: the prompts' K/V and
+        last states are shared, not computed again (shared-prefix cache, before anything is generated)."""
+        if not self.shared or self.cache.gen_k[0] is not None or bool(self.cache.length.any()):
+            raise ValueError("fork needs the shared-prefix cache with nothing generated yet")
+        twin = copy.copy(self)
+        twin.scorer = copy.copy(self.scorer)
+        twin.scorer.constrained = constrained_softmax
+        twin.cache = self.cache.fresh()
+        return twin
 
     def _prefill_shared(self, prompts: list[list[int]]) -> None:
         """The common prefix once (the model's own attention), then every prompt's rest packed."""

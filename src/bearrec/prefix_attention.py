@@ -24,6 +24,7 @@ the eager attention's, so results equal it to rounding.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -88,6 +89,16 @@ class SharedPrefixCache:
         self.user = row_user.clone()  # host: the user of each store row
         self.length = torch.zeros(len(row_user), dtype=torch.long)  # host: tokens each row holds
         self.feed: Feed | None = None
+
+    def fresh(self) -> "SharedPrefixCache":
+        """The same prompts' K/V (the tensors shared, never written), one row per user, nothing
+        generated: a second search from the same prefill."""
+        twin = copy.copy(self)
+        twin.gen_k, twin.gen_v = [None] * len(self.gen_k), [None] * len(self.gen_v)
+        twin.user = torch.arange(self.num_users)
+        twin.length = torch.zeros(self.num_users, dtype=torch.long)
+        twin.feed = None
+        return twin
 
     @classmethod
     def from_prefill(cls, prefill_cache, prompt_mask: torch.Tensor) -> "SharedPrefixCache":

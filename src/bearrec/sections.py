@@ -382,6 +382,10 @@ class AnalysisConfig(Section):
     # read the model against these on its test users (bearrec.references): popularity costs nothing,
     # zero_shot one more test decode
     references: list[Literal["popularity", "zero_shot"]] = field(default_factory=lambda: ["popularity"])
+    other_softmax: bool = setting(
+        False, help="the test users decoded with the other softmax too (over the vocabulary when the run's is over "
+                    "the valid tokens, and the reverse), into eval-test-vocab-softmax/ or eval-test-valid-softmax/; "
+                    "each batch is prefilled once for both")
 
 
 @dataclass

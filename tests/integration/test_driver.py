@@ -246,3 +246,34 @@ def test_a_crafted_checkpoint_file_is_refused_on_resume(tmp_path, monkeypatch, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert not marker.exists() and "checkpoint-2: refused a file" in err and "Traceback" not in err
+
+
+def test_a_run_decodes_its_test_users_with_the_other_softmax_too(tmp_path, capsys):
+    """analysis.other_softmax: beside eval-test/ (its own softmax, unchanged), eval-test-vocab-softmax/
+    holds what `bearrec evaluate --no-constrained-softmax` writes for the same model and users; it is
+    not part of the experiment's identity (a finished run resumes with it); a preset that fixes the
+    softmax refuses it before training."""
+    from bearrec.driver import run
+    from bearrec.errors import ConfigError
+    from bearrec.rundir import config_hash
+
+    cfg = _tiny_cfg(tmp_path, "train.epochs=1", "analysis.other_softmax=true")
+    assert config_hash(cfg) == config_hash(_tiny_cfg(tmp_path, "train.epochs=1"))
+    out = run(cfg, progress=False)
+    read = lambda d: [json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    assert main(["evaluate", "--model", str(out), "--split", "test", "--no-constrained-softmax",
+                 "--out", str(tmp_path / "vocab")]) == 0
+    both, alone = read(out / "eval-test-vocab-softmax"), read(tmp_path / "vocab")
+    strip = lambda preds: [{k: v for k, v in p.items() if k != "scores"} for p in preds]  # noqa: E731
+    assert strip(both) == strip(alone) and len(both) == 2
+    assert [p["scores"] for p in both] == [pytest.approx(p["scores"], abs=1e-5) for p in alone]
+    metrics = json.loads((out / "eval-test-vocab-softmax" / "metrics.json").read_text())
+    assert metrics["constrained_softmax"] is False and metrics["item"] == json.loads(
+        (tmp_path / "vocab" / "metrics.json").read_text())["item"]
+    assert json.loads((out / "eval-test" / "metrics.json").read_text())["constrained_softmax"] is True
+    assert not list(out.glob("*.partial.jsonl"))
+    igd = _tiny_cfg(tmp_path, "analysis.other_softmax=true", "decode.preset=igd", "decode.igd_alpha=0.2",
+                    "decode.constrained_softmax=false", "decode.length_penalty=0", f"output_dir={tmp_path / 'igd'}")
+    with pytest.raises(ConfigError, match="decode.preset igd fixes the softmax"):
+        run(igd, progress=False)
+    assert not (tmp_path / "igd").exists()

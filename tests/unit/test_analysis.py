@@ -47,6 +47,12 @@ def _brute_violation(model, enc, prompt, path, num_beams, constrained):
     return False
 
 
+def _random_examples(rng: random.Random, n: int) -> list[Example]:
+    """`n` rows of 1-4 history items and a target, all among the 16 catalogue items."""
+    return [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
+            for i in range(n)]
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_all_title_scores_equal_exhaustive_teacher_forcing(setup, constrained):
     model, enc = setup
@@ -155,8 +161,7 @@ def test_what_is_scored_again_per_stage(setup, autocast, monkeypatch):
     if autocast == "bf16 weights":
         model, autocast = copy.deepcopy(model).to(torch.bfloat16), "none"
     rng = random.Random(12)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(7)]
+    examples = _random_examples(rng, 7)
     rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=8, length_penalty=0.0, autocast=autocast))
     calls = []
     real = analysis.score_batch
@@ -251,8 +256,7 @@ def test_pr_at_k_and_violations_match_brute_force(setup, constrained, num_beams,
     monkeypatch.setattr(analysis, "SHORT_TITLES", short_titles)
     model, enc = setup
     rng = random.Random(3)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(40)]
+    examples = _random_examples(rng, 40)
     decode = DecodeConfig(num_beams=num_beams, constrained_softmax=constrained, batch_size=8,
                           length_penalty=length_penalty)
     rec = Recommender(model, enc, decode)
@@ -295,8 +299,7 @@ def test_with_at_least_max_k_beams_every_user_agrees_with_brute_force(setup, con
     of the target may count either way (the search and teacher forcing round apart)."""
     model, enc = setup
     rng = random.Random(7)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(24)]
+    examples = _random_examples(rng, 24)
     decode = DecodeConfig(num_beams=5, constrained_softmax=constrained, batch_size=8, **settings)
     rec = Recommender(model, enc, decode, train_targets=[rng.randint(1, 16) for _ in range(60)])
     users = analyze(rec, examples, list(range(len(examples))), ks=(1, 3, 5), progress=False)["users"]
@@ -316,8 +319,7 @@ def test_given_recommendations_are_used_instead_of_decoding(setup, monkeypatch):
     nothing is decoded; a count that does not match the users is refused."""
     model, enc = setup
     rng = random.Random(4)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(12)]
+    examples = _random_examples(rng, 12)
     rec = Recommender(model, enc, DecodeConfig(num_beams=2, batch_size=4))
     indices = [1, 4, 5, 9]
     fresh = analyze(rec, examples, indices, ks=(1, 3), progress=False)
@@ -380,8 +382,7 @@ def test_stored_recommendations_read_back_an_evaluation_only_when_it_decoded_ali
 
     model, enc = setup
     rng = random.Random(6)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(8)]
+    examples = _random_examples(rng, 8)
     decode = DecodeConfig(num_beams=3, batch_size=4)
     rec = Recommender(model, enc, decode)
     preds, metrics = evaluate(rec, examples, [0, 2, 5, 7], progress=False)
@@ -442,8 +443,7 @@ def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypa
 
     model, enc = setup
     rng = random.Random(9)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(10)]
+    examples = _random_examples(rng, 10)
     rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=4))
     indices = [0, 2, 3, 5, 8, 9]
     written = []
@@ -463,6 +463,23 @@ def test_an_analysis_resumes_from_the_records_it_wrote(setup, tmp_path, monkeypa
     assert sorted(u["index"] for u in again) == sorted(set(indices) - set(done))
 
 
+def _killed_after_the_first_batch(monkeypatch, with_softmaxes: bool = False) -> list:
+    """Recommender.recommend_each, killed right after the first call's first batch is handed on;
+    returns the list each call appends its user count to (with the softmaxes asked)."""
+    real, decoded = Recommender.recommend_each, []
+
+    def killed(self, histories, softmaxes, progress=False, on_batch=None):
+        decoded.append((len(histories), softmaxes) if with_softmaxes else len(histories))
+
+        def then_killed(positions, recs):
+            on_batch(positions, recs)
+            raise KeyboardInterrupt("killed")
+        return real(self, histories, softmaxes, progress, on_batch=then_killed if len(decoded) == 1 else on_batch)
+
+    monkeypatch.setattr(Recommender, "recommend_each", killed)
+    return decoded
+
+
 def test_an_evaluation_cut_off_resumes_from_its_partial_file(setup, tmp_path, monkeypatch):
     """Each decoded batch's records are appended; a rerun decodes only the users missing and returns
     what one uninterrupted evaluation returns (scores to rounding: the rest are batched anew); a file
@@ -471,22 +488,11 @@ def test_an_evaluation_cut_off_resumes_from_its_partial_file(setup, tmp_path, mo
 
     model, enc = setup
     rng = random.Random(10)
-    examples = [Example(str(i), tuple(rng.randint(1, 16) for _ in range(rng.randint(1, 4))), rng.randint(1, 16), i)
-                for i in range(9)]
+    examples = _random_examples(rng, 9)
     rec = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=3))
     whole, metrics = evaluate(rec, examples, progress=False)
     partial = tmp_path / "eval-test.partial.jsonl"
-    real, decoded = Recommender.recommend, []
-
-    def killed_after_one_batch(self, histories, progress=False, on_batch=None):
-        decoded.append(len(histories))
-
-        def then_killed(positions, recs):
-            on_batch(positions, recs)
-            raise KeyboardInterrupt("killed")
-        return real(self, histories, progress, on_batch=then_killed if len(decoded) == 1 else on_batch)
-
-    monkeypatch.setattr(Recommender, "recommend", killed_after_one_batch)
+    decoded = _killed_after_the_first_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate(rec, examples, progress=False, partial=partial, model="run")
     assert len(partial.read_text().splitlines()) == 1 + 3  # the first line, then one batch of 3 users
@@ -502,3 +508,40 @@ def test_an_evaluation_cut_off_resumes_from_its_partial_file(setup, tmp_path, mo
     excluding = Recommender(model, enc, DecodeConfig(num_beams=3, batch_size=3, exclude_history=True))
     evaluate(excluding, examples, progress=False, partial=partial, model="another run")  # another decoding
     assert decoded == [9, 6, 9, 9]
+
+
+def test_both_softmaxes_from_one_pass_equal_two_evaluations_and_resume(setup, tmp_path, monkeypatch):
+    """`evaluate_each`: the (predictions, metrics) of each softmax are those of a plain `evaluate` with
+    that softmax; its two partial files resume like one (a user is decoded again unless both hold it)."""
+    import dataclasses
+
+    from bearrec.evaluation import evaluate, evaluate_each
+
+    model, enc = setup
+    rng = random.Random(11)
+    examples = _random_examples(rng, 9)
+    decode = DecodeConfig(num_beams=3, batch_size=3)
+    rec = Recommender(model, enc, decode)
+    valid, vocab = evaluate_each(rec, examples, None, (True, False), progress=False)
+    assert valid == evaluate(rec, examples, progress=False)
+    assert vocab == evaluate(Recommender(model, enc, dataclasses.replace(decode, constrained_softmax=False)),
+                             examples, progress=False)
+    assert vocab[1]["constrained_softmax"] is False and valid[0] != vocab[0]
+    partials = [tmp_path / "eval-test.partial.jsonl", tmp_path / "eval-test-vocab-softmax.partial.jsonl"]
+    decoded = _killed_after_the_first_batch(monkeypatch, with_softmaxes=True)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_each(rec, examples, None, (True, False), progress=False, partials=partials, model="run")
+    assert [len(p.read_text().splitlines()) for p in partials] == [4, 4]
+    lines = partials[1].read_text().splitlines()
+    partials[1].write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # one user's record cut off, in one file
+    again = evaluate_each(rec, examples, None, (True, False), progress=False, partials=partials, model="run")
+    assert decoded == [(9, (True, False)), (7, (True, False))]  # the 6 not decoded, and that user again
+    strip = lambda preds: [{k: v for k, v in p.items() if k != "scores"} for p in preds]  # noqa: E731
+    for (preds, metrics), (whole, whole_metrics) in zip(again, [valid, vocab]):
+        assert strip(preds) == strip(whole) and metrics == whole_metrics
+        assert [p["scores"] for p in preds] == [pytest.approx(p["scores"], abs=1e-5) for p in whole]
+    # the first softmax's file is the one a plain evaluate of the same model resumes from
+    assert partials[0].read_text().splitlines()[0] == (
+        __import__("json").dumps({"partial_of": "run", "num_beams": 3, "constrained_softmax": True,
+                                  "length_penalty": 1.0, "ghost_threshold": None, "igd_alpha": None, "preset": "hf",
+                                  "users": 9, "first": [0], "last": [8]}))

@@ -406,3 +406,53 @@ def test_excluded_titles_for_every_prompt_or_none(setup):
     model, tok, enc, prompts = setup
     with pytest.raises(ValueError, match="excluded names titles for 1 prompts, not 2"):
         beam_search(model, enc.trie, prompts[:2], 3, excluded=[[1]])
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+@pytest.mark.parametrize("softmaxes", [(True, False), (False, True), (True, True, False)])
+def test_searches_from_one_prefill_equal_separate_searches(chain_setup, shared_prefix, softmaxes):
+    """`beam_search_softmaxes`: each softmax's results are exactly `beam_search`'s with it (the fork
+    reads the same prompt K/V, so not even rounding differs), in the order asked; with the shared-prefix
+    cache the prompts are prefilled once (counted: one prefill forward of the common prefix and one of
+    the rest), without it once per search."""
+    from bearrec.decoding import beam_search_softmaxes
+    from bearrec.feeding import _Scorer
+
+    model, trie, prompts = chain_setup
+    kw = dict(length_penalty=1.0, pad_token_id=1, shared_prefix=shared_prefix, excluded=[[3, 7]] * len(prompts))
+    calls = []
+    real = _Scorer.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[3] is None)  # no cache given: a prefill forward (common prefix or padded prompts)
+        return real(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Scorer, "forward", counted)
+        both = beam_search_softmaxes(model, trie, prompts, 4, softmaxes, **kw)
+    prefills = calls.count(True)
+    assert prefills == (1 if shared_prefix else len(softmaxes))
+    for softmax, got in zip(softmaxes, both):
+        alone = beam_search(model, trie, prompts, 4, constrained_softmax=softmax, **kw)
+        assert [(r.paths, r.nodes, r.scores) for r in got] == [(r.paths, r.nodes, r.scores) for r in alone]
+    assert [r.paths for r in both[0]] != [r.paths for r in both[-1]]  # the softmax changed something to check
+
+
+def test_a_fork_needs_a_fresh_shared_prefill(chain_setup):
+    from bearrec.decoding import beam_search_softmaxes
+    from bearrec.feeding import Prefilled
+
+    model, trie, prompts = chain_setup
+    with pytest.raises(ValueError, match="softmaxes names no search"):
+        beam_search_softmaxes(model, trie, prompts, 4, ())
+    with pytest.raises(ValueError, match="shared-prefix cache"):
+        Prefilled(model, prompts[:2], True, 1, False).fork(False)
+    run = Prefilled(model, prompts[:2], True, 1, True)
+    twin = run.fork(False)
+    assert twin.scorer.constrained is False and run.scorer.constrained is True
+    assert twin.cache.prompt_k[0] is run.cache.prompt_k[0]  # the prompts' K/V shared, not copied
+    run.feed(torch.arange(2), torch.arange(2), torch.tensor([[5], [20]]), torch.zeros(2, dtype=torch.long),
+             torch.arange(2), 1)
+    with pytest.raises(ValueError, match="nothing generated yet"):
+        run.fork(False)
+    assert not bool(twin.cache.length.any())  # the twin's rows did not follow the feed

@@ -108,27 +108,37 @@ def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(repr
 
 
 def test_runs_of_this_call_are_decoded_the_other_way_after_they_finish(reproduce, tmp_path, monkeypatch):
-    """--methods with the *-softmax rows: each sft, msl and bear-* run of the batch gets a decode with
-    the softmax it does not use, on the users its config tests (train.test_users from the run's own
-    config and overrides), waiting for that run; every decode logs beside its folder, not inside it
-    (`bearrec evaluate` replaces the folder)."""
+    """--methods with the *-softmax rows: each sft, msl and bear-* run of the batch decodes its test
+    users both ways itself (analysis.other_softmax, into the row's folder), so no `bearrec evaluate`
+    is planned for it; a run already tested without it (here msl) gets one, with the softmax it does
+    not use, on the users its config tests (train.test_users from the run's own config and overrides),
+    waiting for that run, logging beside its folder, not inside it (`bearrec evaluate` replaces it)."""
+    from bearrec.config import load_config
+    from bearrec.evaluation import other_softmax_folder
+
     calls = []
     monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append(
         (argvs, outs, after, logs)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
+    office = tmp_path / "office"
+    runs = [office / m / "seed=0" for m in ("sft", "msl", "bear-lam1-xi1")]
+    (runs[1] / "eval-test").mkdir(parents=True)
+    (runs[1] / "eval-test" / "metrics.json").write_text("{}")
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sft-valid-softmax,msl-vocab-softmax,"
                            "bear-vocab-softmax", "--bear-grid", "1:1", "--seeds", "0", "--root", str(tmp_path),
                            "train.test_users=40"]) == 0
     ((argvs, outs, after, logs),) = calls  # no second call: the runs have not finished (faked), nothing is left
-    office = tmp_path / "office"
-    runs = [office / m / "seed=0" for m in ("sft", "msl", "bear-lam1-xi1")]
-    assert outs == [*runs, runs[0] / "eval-test-valid-softmax", runs[1] / "eval-test-vocab-softmax",
-                    runs[2] / "eval-test-vocab-softmax"]
-    assert after == [None, None, None, *runs]
-    flags = [a[a.index("--model") + 2:] for a in argvs[3:]]
-    assert flags == [["--constrained-softmax", "--limit", "40", "--out", str(o)] if i == 0 else
-                     ["--no-constrained-softmax", "--limit", "40", "--out", str(o)] for i, o in enumerate(outs[3:])]
-    assert logs[:3] == [r / "run.log" for r in runs] and logs[3] == runs[0] / "eval-test-valid-softmax.log"
+    assert outs == [*runs, runs[1] / "eval-test-vocab-softmax"]
+    assert after == [None, None, None, runs[1]]
+    assert all(reproduce.OTHER_SOFTMAX in argv for argv in argvs[:3])
+    for argv, run in zip(argvs[:3], runs):  # each run's own decode writes the folder its row reads
+        folder = {"sft": "eval-test-valid-softmax"}.get(run.parent.name, "eval-test-vocab-softmax")
+        assert other_softmax_folder(load_config(argv[2], argv[3:]).decode) == folder
+    assert argvs[3][argvs[3].index("--model") + 2:] == ["--no-constrained-softmax", "--limit", "40", "--out", str(outs[3])]
+    assert logs[:3] == [r / "run.log" for r in runs] and logs[3] == runs[1] / "eval-test-vocab-softmax.log"
+    calls.clear()
+    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl", "--seeds", "0", "--root", str(tmp_path)]) == 0
+    assert not any(reproduce.OTHER_SOFTMAX in argv for argv in calls[0][0])  # only where a *-softmax row is asked
 
 
 def test_archive_flag_archives_the_finished_runs_of_the_root(reproduce, tmp_path, monkeypatch, capsys):
