@@ -143,12 +143,22 @@ def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
                     if (run / folder / "metrics.json").exists() or not (
                             run in planned or (run / "metrics.json").exists()):
                         continue
-                    if OTHER_SOFTMAX in planned.get(run, []) and not (run / "eval-test" / "metrics.json").exists():
-                        continue  # its own test decode writes `folder` (`bearrec.evaluation.other_softmax_folder`)
+                    if _writes_itself(planned.get(run), run, folder):
+                        continue
                     users = _same_test_users(run, planned.get(run))
                     items.append((["evaluate", "--model", str(run), *flags, *users, "--out", str(run / folder)],
                                   run / folder, run if run in planned else None))
     return items
+
+
+def _writes_itself(argv: list[str] | None, run: Path, folder: str) -> bool:
+    """Whether the run `argv` (["run", "--config", CONFIG, *overrides]; None: not planned) will write
+    `folder` in its own test decode: with `OTHER_SOFTMAX`, not tested yet, and `folder` the other softmax's."""
+    if argv is None or OTHER_SOFTMAX not in argv or (run / "eval-test" / "metrics.json").exists():
+        return False
+    from bearrec.evaluation import other_softmax_folder
+
+    return folder == other_softmax_folder(load_config(argv[2], argv[3:]).decode)
 
 
 def _base_runs(folder: Path, base: str, seed: int, planned) -> list[Path]:

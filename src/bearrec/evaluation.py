@@ -160,6 +160,8 @@ def evaluate_each(recommender: Recommender, examples: list[Example], indices: li
     one file per softmax (as `evaluate`'s `partial`); a user is decoded again unless every file holds it."""
     from accelerate.utils import gather_object
 
+    if partials is not None and len(partials) != len(softmaxes):
+        raise ValueError(f"{len(partials)} partial files for {len(softmaxes)} softmaxes")
     indices = list(range(len(examples))) if indices is None else indices
     decodes = [dataclasses.replace(recommender.decode, constrained_softmax=s) for s in softmaxes]
     state = distributed_state()

@@ -272,6 +272,7 @@ def test_a_run_decodes_its_test_users_with_the_other_softmax_too(tmp_path, capsy
         (tmp_path / "vocab" / "metrics.json").read_text())["item"]
     assert json.loads((out / "eval-test" / "metrics.json").read_text())["constrained_softmax"] is True
     assert not list(out.glob("*.partial.jsonl"))
+    run(_tiny_cfg(tmp_path, "train.epochs=1"), progress=False)  # the same experiment: resumes, nothing refused
     igd = _tiny_cfg(tmp_path, "analysis.other_softmax=true", "decode.preset=igd", "decode.igd_alpha=0.2",
                     "decode.constrained_softmax=false", "decode.length_penalty=0", f"output_dir={tmp_path / 'igd'}")
     with pytest.raises(ConfigError, match="decode.preset igd fixes the softmax"):

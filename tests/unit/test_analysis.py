@@ -528,6 +528,8 @@ def test_both_softmaxes_from_one_pass_equal_two_evaluations_and_resume(setup, tm
                              examples, progress=False)
     assert vocab[1]["constrained_softmax"] is False and valid[0] != vocab[0]
     partials = [tmp_path / "eval-test.partial.jsonl", tmp_path / "eval-test-vocab-softmax.partial.jsonl"]
+    with pytest.raises(ValueError, match="1 partial files for 2 softmaxes"):
+        evaluate_each(rec, examples, None, (True, False), partials=partials[:1])
     decoded = _killed_after_the_first_batch(monkeypatch, with_softmaxes=True)
     with pytest.raises(KeyboardInterrupt):
         evaluate_each(rec, examples, None, (True, False), progress=False, partials=partials, model="run")

@@ -413,8 +413,9 @@ def test_excluded_titles_for_every_prompt_or_none(setup):
 def test_searches_from_one_prefill_equal_separate_searches(chain_setup, shared_prefix, softmaxes):
     """`beam_search_softmaxes`: each softmax's results are exactly `beam_search`'s with it (the fork
     reads the same prompt K/V, so not even rounding differs), in the order asked; with the shared-prefix
-    cache the prompts are prefilled once (counted: one prefill forward of the common prefix and one of
-    the rest), without it once per search."""
+    cache the prompts are prefilled once (every forward counted: the searches together make the forwards
+    of the separate ones less one prefill per extra search, two forwards: the common prefix and the
+    packed rest), without it once per search (one padded forward each)."""
     from bearrec.decoding import beam_search_softmaxes
     from bearrec.feeding import _Scorer
 
@@ -430,11 +431,14 @@ def test_searches_from_one_prefill_equal_separate_searches(chain_setup, shared_p
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_Scorer, "forward", counted)
         both = beam_search_softmaxes(model, trie, prompts, 4, softmaxes, **kw)
-    prefills = calls.count(True)
-    assert prefills == (1 if shared_prefix else len(softmaxes))
-    for softmax, got in zip(softmaxes, both):
-        alone = beam_search(model, trie, prompts, 4, constrained_softmax=softmax, **kw)
-        assert [(r.paths, r.nodes, r.scores) for r in got] == [(r.paths, r.nodes, r.scores) for r in alone]
+        together, separate = len(calls), 0
+        assert calls.count(True) == (1 if shared_prefix else len(softmaxes))
+        for softmax, got in zip(softmaxes, both):
+            calls.clear()
+            alone = beam_search(model, trie, prompts, 4, constrained_softmax=softmax, **kw)
+            separate += len(calls)
+            assert [(r.paths, r.nodes, r.scores) for r in got] == [(r.paths, r.nodes, r.scores) for r in alone]
+    assert together == separate - (len(softmaxes) - 1) * (2 if shared_prefix else 0)
     assert [r.paths for r in both[0]] != [r.paths for r in both[-1]]  # the softmax changed something to check
 
 

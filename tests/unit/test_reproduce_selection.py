@@ -124,12 +124,13 @@ def test_runs_of_this_call_are_decoded_the_other_way_after_they_finish(reproduce
     runs = [office / m / "seed=0" for m in ("sft", "msl", "bear-lam1-xi1")]
     (runs[1] / "eval-test").mkdir(parents=True)
     (runs[1] / "eval-test" / "metrics.json").write_text("{}")
-    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sft-valid-softmax,msl-vocab-softmax,"
+    assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,d3,sft-valid-softmax,msl-vocab-softmax,"
                            "bear-vocab-softmax", "--bear-grid", "1:1", "--seeds", "0", "--root", str(tmp_path),
                            "train.test_users=40"]) == 0
     ((argvs, outs, after, logs),) = calls  # no second call: the runs have not finished (faked), nothing is left
-    assert outs == [*runs, runs[1] / "eval-test-vocab-softmax"]
-    assert after == [None, None, None, runs[1]]
+    assert outs == [*runs, runs[0] / "eval-test-d3", runs[1] / "eval-test-vocab-softmax"]  # d3 still after sft
+    assert after == [None, None, None, runs[0], runs[1]]
+    argvs, outs, logs = argvs[:3] + argvs[4:], outs[:3] + outs[4:], logs[:3] + logs[4:]
     assert all(reproduce.OTHER_SOFTMAX in argv for argv in argvs[:3])
     for argv, run in zip(argvs[:3], runs):  # each run's own decode writes the folder its row reads
         folder = {"sft": "eval-test-valid-softmax"}.get(run.parent.name, "eval-test-vocab-softmax")
