@@ -17,9 +17,13 @@ from bearrec.flags import decoding_suffix, inference_flags, inference_setup, not
 
 
 def cmd_evaluate(args) -> int:
-    from bearrec.evaluation import evaluate, format_table, seeded_subset, write_outputs
+    from bearrec.evaluation import (distributed_state, evaluate_each, format_table, seeded_subset, softmaxes,
+                                    write_outputs)
 
-    cfg, dataset, recommender = inference_setup(args)
+    def check(cfg, dataset):  # before the model loads
+        softmaxes(cfg.decode, args.other_softmax, "--other-softmax")
+
+    cfg, dataset, recommender = inference_setup(args, check)
     note_tested_users(args, cfg)
     examples = dataset.split(args.split)
     indices = seeded_subset(len(examples), args.limit)
@@ -27,20 +31,22 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
                             if (Path(args.model) / "config.yaml").exists()
                             else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
-    # beside the output folder: a decode cut off resumes with the users it had (same command)
-    partial = out.with_name(out.name + ".partial.jsonl") if out.parent.is_dir() else None
-    preds, metrics = evaluate(recommender, examples, indices, partial=partial,
-                              model=json.dumps([str(args.model), args.split, args.config, overrides_of(args)]))
-    metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
-    from bearrec.evaluation import distributed_state
-
+    both = softmaxes(recommender.decode, args.other_softmax, "--other-softmax")
+    outs = [out, *[out.with_name(f"{out.name}-{'valid' if s else 'vocab'}-softmax") for s in both[1:]]]
+    # beside the output folders: a decode cut off resumes with the users it had (same command)
+    partials = [o.with_name(o.name + ".partial.jsonl") for o in outs] if out.parent.is_dir() else None
+    results = evaluate_each(recommender, examples, indices, both, partials=partials,
+                            model=json.dumps([str(args.model), args.split, args.config, overrides_of(args)]))
     state = distributed_state()
-    if state.is_main_process:
-        write_outputs(out, preds, metrics)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-        print(format_table(metrics))
-        print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in {out}")
+    for i, (folder, (preds, metrics)) in enumerate(zip(outs, results)):
+        metrics.update(split=args.split, dataset=dataset.name, model=str(args.model), limit=args.limit)
+        if state.is_main_process:
+            write_outputs(folder, preds, metrics)
+            if partials is not None:
+                partials[i].unlink(missing_ok=True)
+            print(format_table(metrics))
+            print(f"{len(preds)} users decoded by {state.num_processes} process(es); predictions and metrics in "
+                  f"{folder}")
     return 0
 
 
@@ -237,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
     p.add_argument("--limit", type=int, help="a fixed, seeded subset of N users")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT or runs/eval-DATA-SPLIT)")
+    p.add_argument("--other-softmax", action="store_true",
+                   help="also decode with the other softmax (over the vocabulary when this decode's is over the valid "
+                        "tokens, and the reverse), each batch prefilled once for both, into OUT-vocab-softmax or "
+                        "OUT-valid-softmax")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="train, select, evaluate, analyse pruning and report; resumable")

@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bearrec.atomic import atomic_directory
-from bearrec.config import DecodeConfig
+from bearrec.config import PRESETS, DecodeConfig
 from bearrec.data.catalogue import Example
 from bearrec.data.encode import Encoder
 from bearrec.decoding import beam_search_softmaxes
-from bearrec.errors import BearrecError
+from bearrec.errors import BearrecError, ConfigError
 from bearrec.metrics import item_rank, summarize, title_rank
 
 
@@ -202,6 +202,17 @@ def evaluate_each(recommender: Recommender, examples: list[Example], indices: li
     if state.num_processes > 1:
         preds_each = [gather_object(preds) for preds in preds_each]
     return results(preds_each)
+
+
+def softmaxes(decode: DecodeConfig, other: bool, setting: str) -> tuple[bool, ...]:
+    """The softmaxes (`constrained_softmax` values) to decode with: `decode`'s, then, with `other`, the
+    other one; a preset that fixes the softmax refuses the other (ConfigError naming `setting`)."""
+    if not other:
+        return (decode.constrained_softmax,)
+    if "constrained_softmax" in PRESETS[decode.preset]:
+        raise ConfigError(f"{setting}: decode.preset {decode.preset} fixes the softmax; decode with another preset "
+                          "to have both")
+    return decode.constrained_softmax, not decode.constrained_softmax
 
 
 def other_softmax_folder(decode: DecodeConfig, split: str = "test") -> str:

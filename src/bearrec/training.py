@@ -26,11 +26,11 @@ from transformers import Trainer, TrainingArguments
 from bearrec.atomic import atomic_write_text
 from bearrec.callbacks import (DivergenceGuard, EpochSelection, StepCheckpoints, TrainingDiverged, _diverged,
                                last_complete_checkpoint)
-from bearrec.config import PRESETS, Config, check, save_config
+from bearrec.config import Config, check, save_config
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import (Recommender, distributed_state, evaluate, evaluate_each, other_softmax_folder,
-                                 seeded_subset, training_rows, write_outputs)
+                                 seeded_subset, softmaxes, training_rows, write_outputs)
 from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
@@ -181,9 +181,7 @@ def check_config(cfg: Config) -> None:
     check(cfg)
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
         raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
-    if cfg.analysis.other_softmax and "constrained_softmax" in PRESETS[cfg.decode.preset]:
-        raise ConfigError(f"analysis.other_softmax: decode.preset {cfg.decode.preset} fixes the softmax; set "
-                          "analysis.other_softmax=false, or decode with another preset")
+    softmaxes(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax")  # refused before training
     if cfg.decode.exclude_history and cfg.analysis.pruning_users != 0:
         raise ConfigError("decode.exclude_history: the pruning analysis ranks every title, the history's too; set "
                           "analysis.pruning_users=0 with it")
@@ -337,11 +335,11 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
         if selection is not None:
             best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
-        own = cfg.decode.constrained_softmax
         folders = ["eval-test", *([other_softmax_folder(cfg.decode)] if cfg.analysis.other_softmax else [])]
         partials = [run_dir / f"{f}.partial.jsonl" for f in folders]  # a test decode cut off resumes with its users
         results = evaluate_each(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx,
-                                (own, not own)[:len(folders)], partials=partials)
+                                softmaxes(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax"),
+                                partials=partials)
         if trainer.accelerator.is_main_process:
             for folder, partial, (preds, metrics) in zip(folders, partials, results):
                 metrics["selected"] = selection.record["best"] if selection else None

@@ -92,14 +92,15 @@ def test_decode_config_defaults_match_the_paper():
     assert (d.num_beams, d.constrained_softmax, d.length_penalty) == (10, True, 1.0)
 
 
-def test_two_process_evaluation_equals_one(run_dir, tmp_path):
-    """torchrun with 2 CPU processes (gloo): users split, gathered, same files as one process."""
+def test_two_process_evaluation_equals_one(run_dir, tmp_path, capsys):
+    """torchrun with 2 CPU processes (gloo): users split, gathered, same files as one process, for
+    both softmaxes (--other-softmax: one prefill per batch for both searches)."""
     import os
     import subprocess
     import sys
 
     one, two = tmp_path / "one", tmp_path / "two"
-    args = ["-m", "bearrec", "evaluate", "--model", str(run_dir), "--split", "train"]
+    args = ["-m", "bearrec", "evaluate", "--model", str(run_dir), "--split", "train", "--other-softmax"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *args, "--out", str(one)], check=True, env=env, capture_output=True)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -111,11 +112,24 @@ def test_two_process_evaluation_equals_one(run_dir, tmp_path):
     assert "decoded by 2 process(es)" in done.stdout
     # users are batched differently in two processes: scores may differ by float rounding (the
     # batch's common prompt prefix and the padding change the order of sums), rankings may not
-    rows = [[json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()] for d in (one, two)]
-    assert [{k: v for k, v in r.items() if k != "scores"} for r in rows[1]] == \
-        [{k: v for k, v in r.items() if k != "scores"} for r in rows[0]]
-    assert all(b["scores"] == pytest.approx(a["scores"], abs=1e-5) for a, b in zip(*rows))
-    assert (two / "metrics.json").read_text() == (one / "metrics.json").read_text()
+    assert done.stdout.count("decoded by 2 process(es)") == 2 and not list(tmp_path.glob("*.partial.jsonl"))
+    for folder in ("", "-vocab-softmax"):
+        pair = [d.with_name(d.name + folder) for d in (one, two)]
+        rows = [[json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()] for d in pair]
+        assert [{k: v for k, v in r.items() if k != "scores"} for r in rows[1]] == \
+            [{k: v for k, v in r.items() if k != "scores"} for r in rows[0]]
+        assert all(b["scores"] == pytest.approx(a["scores"], abs=1e-5) for a, b in zip(*rows))
+        assert (pair[1] / "metrics.json").read_text() == (pair[0] / "metrics.json").read_text()
+        assert json.loads((pair[0] / "metrics.json").read_text())["constrained_softmax"] is (folder == "")
+    # the second folder is what a plain decode with the other softmax writes
+    assert main(["evaluate", "--model", str(run_dir), "--split", "train", "--no-constrained-softmax",
+                 "--out", str(tmp_path / "vocab")]) == 0
+    plain = [json.loads(line) for line in (tmp_path / "vocab" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["titles"] for r in plain] == [r["titles"] for r in rows[0]]
+    assert main(["evaluate", "--model", str(run_dir), "--split", "train", "--other-softmax", "--decoding", "igd",
+                 "--igd-alpha", "0.2", "--out", str(tmp_path / "igd")]) == 2  # a preset fixing the softmax
+    assert "--other-softmax: decode.preset igd fixes the softmax" in capsys.readouterr().err
+    assert not (tmp_path / "igd").exists()
 
 
 def test_analyze_pruning_cli(run_dir, tmp_path, capsys):
