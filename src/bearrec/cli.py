@@ -17,11 +17,11 @@ from bearrec.flags import decoding_suffix, inference_flags, inference_setup, not
 
 
 def cmd_evaluate(args) -> int:
-    from bearrec.evaluation import (distributed_state, evaluate_each, format_table, seeded_subset, softmaxes,
+    from bearrec.evaluation import (distributed_state, evaluate_each, format_table, seeded_subset, softmaxes_for,
                                     write_outputs)
 
     def check(cfg, dataset):  # before the model loads
-        softmaxes(cfg.decode, args.other_softmax, "--other-softmax")
+        softmaxes_for(cfg.decode, args.other_softmax, "--other-softmax")
 
     cfg, dataset, recommender = inference_setup(args, check)
     note_tested_users(args, cfg)
@@ -31,7 +31,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out or (Path(args.model) / f"eval-{args.split}{suffix}"
                             if (Path(args.model) / "config.yaml").exists()
                             else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
-    both = softmaxes(recommender.decode, args.other_softmax, "--other-softmax")
+    both = softmaxes_for(recommender.decode, args.other_softmax, "--other-softmax")
     outs = [out, *[out.with_name(f"{out.name}-{'valid' if s else 'vocab'}-softmax") for s in both[1:]]]
     # beside the output folders: a decode cut off resumes with the users it had (same command)
     partials = [o.with_name(o.name + ".partial.jsonl") for o in outs] if out.parent.is_dir() else None

@@ -204,7 +204,7 @@ def evaluate_each(recommender: Recommender, examples: list[Example], indices: li
     return results(preds_each)
 
 
-def softmaxes(decode: DecodeConfig, other: bool, setting: str) -> tuple[bool, ...]:
+def softmaxes_for(decode: DecodeConfig, other: bool, setting: str) -> tuple[bool, ...]:
     """The softmaxes (`constrained_softmax` values) to decode with: `decode`'s, then, with `other`, the
     other one; a preset that fixes the softmax refuses the other (ConfigError naming `setting`)."""
     if not other:

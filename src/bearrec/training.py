@@ -30,7 +30,7 @@ from bearrec.config import Config, check, save_config
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
 from bearrec.evaluation import (Recommender, distributed_state, evaluate, evaluate_each, other_softmax_folder,
-                                 seeded_subset, softmaxes, training_rows, write_outputs)
+                                 seeded_subset, softmaxes_for, training_rows, write_outputs)
 from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
@@ -181,7 +181,7 @@ def check_config(cfg: Config) -> None:
     check(cfg)
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
         raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
-    softmaxes(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax")  # refused before training
+    softmaxes_for(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax")  # refused before training
     if cfg.decode.exclude_history and cfg.analysis.pruning_users != 0:
         raise ConfigError("decode.exclude_history: the pruning analysis ranks every title, the history's too; set "
                           "analysis.pruning_users=0 with it")
@@ -338,7 +338,7 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
         folders = ["eval-test", *([other_softmax_folder(cfg.decode)] if cfg.analysis.other_softmax else [])]
         partials = [run_dir / f"{f}.partial.jsonl" for f in folders]  # a test decode cut off resumes with its users
         results = evaluate_each(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx,
-                                softmaxes(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax"),
+                                softmaxes_for(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax"),
                                 partials=partials)
         if trainer.accelerator.is_main_process:
             for folder, partial, (preds, metrics) in zip(folders, partials, results):
