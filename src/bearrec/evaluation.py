@@ -220,6 +220,22 @@ def other_softmax_folder(decode: DecodeConfig, split: str = "test") -> str:
     return f"eval-{split}-{'vocab' if decode.constrained_softmax else 'valid'}-softmax"
 
 
+def test_decode(recommender: Recommender, cfg, examples: list[Example], indices: list[int], run_dir: Path,
+                extra: dict) -> None:
+    """A run's test decode: `eval-test/`, and with `analysis.other_softmax` the other softmax's folder
+    (`other_softmax_folder`) from the same prefills; resumable from a partial file beside each; `extra`
+    is added to every metrics.json (written by the main process)."""
+    folders = ["eval-test", *([other_softmax_folder(cfg.decode)] if cfg.analysis.other_softmax else [])]
+    partials = [run_dir / f"{f}.partial.jsonl" for f in folders]
+    results = evaluate_each(recommender, examples, indices,
+                            softmaxes_for(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax"),
+                            partials=partials)
+    if distributed_state().is_main_process:
+        for folder, partial, (preds, metrics) in zip(folders, partials, results):
+            write_outputs(run_dir / folder, preds, {**metrics, **extra})
+            partial.unlink(missing_ok=True)
+
+
 def metrics_of(preds: list[dict], decode: DecodeConfig) -> dict:
     ks = [k for k in decode.ks if k <= decode.num_beams]
     return {"num_users": len(preds), "num_beams": decode.num_beams,

@@ -29,8 +29,8 @@ from bearrec.callbacks import (DivergenceGuard, EpochSelection, StepCheckpoints,
 from bearrec.config import Config, check, save_config
 from bearrec.data.encode import EncodedExample, Encoder, build_encoder
 from bearrec.errors import BearrecError, ConfigError
-from bearrec.evaluation import (Recommender, distributed_state, evaluate, evaluate_each, other_softmax_folder,
-                                 seeded_subset, softmaxes_for, training_rows, write_outputs)
+from bearrec.evaluation import (Recommender, distributed_state, evaluate, seeded_subset, softmaxes_for, test_decode,
+                                 training_rows, write_outputs)
 from bearrec import methods, needs, ragged
 from bearrec.losses import Allowed, condition_metrics
 from bearrec.losses.base import ratio
@@ -182,6 +182,9 @@ def check_config(cfg: Config) -> None:
     if cfg.model.name_or_path == "tiny" and cfg.model.lora.enabled:
         raise ConfigError("model.name_or_path=tiny is trained from scratch: set model.lora.enabled=false")
     softmaxes_for(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax")  # refused before training
+    if cfg.analysis.other_softmax and methods.get(cfg.loss.name).train is not None:
+        raise ConfigError(f"analysis.other_softmax: loss.name={cfg.loss.name} ranks items without a softmax over "
+                          "tokens; set analysis.other_softmax=false")
     if cfg.decode.exclude_history and cfg.analysis.pruning_users != 0:
         raise ConfigError("decode.exclude_history: the pruning analysis ranks every title, the history's too; set "
                           "analysis.pruning_users=0 with it")
@@ -335,16 +338,9 @@ def _train(cfg: Config, run_dir: Path, dataset, checkpoint: Path | None, rows=No
         if selection is not None:
             best = load_exported(run_dir / "model", cfg.model)
         test_idx = seeded_subset(len(dataset.test), t.test_users)
-        folders = ["eval-test", *([other_softmax_folder(cfg.decode)] if cfg.analysis.other_softmax else [])]
-        partials = [run_dir / f"{f}.partial.jsonl" for f in folders]  # a test decode cut off resumes with its users
-        results = evaluate_each(Recommender.for_run(best, encoder, cfg, dataset), dataset.test, test_idx,
-                                softmaxes_for(cfg.decode, cfg.analysis.other_softmax, "analysis.other_softmax"),
-                                partials=partials)
-        if trainer.accelerator.is_main_process:
-            for folder, partial, (preds, metrics) in zip(folders, partials, results):
-                metrics["selected"] = selection.record["best"] if selection else None
-                write_outputs(run_dir / folder, preds, metrics)
-                partial.unlink(missing_ok=True)
+        test_decode(Recommender.for_run(best, encoder, cfg, dataset), cfg, dataset.test, test_idx, run_dir,
+                    {"selected": selection.record["best"] if selection and trainer.accelerator.is_main_process
+                     else None})
         # the record lives on the main process: its decision goes to every process (evaluate gathers)
         decision = [None]
         if selection is not None and trainer.accelerator.is_main_process:

@@ -58,3 +58,12 @@ def test_without_cornac_the_error_says_what_to_install(tmp_path, capsys, monkeyp
     argv = ["run", f"data.name={data}", f"output_dir={tmp_path / 'r'}", *TINY, "loss.name=sasrec"]
     assert main(argv) == 2
     assert "pip install -r requirements-conventional.txt" in capsys.readouterr().err
+
+
+def test_a_conventional_run_refuses_the_other_softmax(tmp_path, capsys):
+    data = write_authors(tmp_path / "Shop")
+    argv = ["run", f"data.name={data}", f"output_dir={tmp_path / 'r'}", *TINY, "loss.name=sasrec",
+            "analysis.other_softmax=true"]
+    assert main(argv) == 2
+    assert "analysis.other_softmax: loss.name=sasrec ranks items without a softmax" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

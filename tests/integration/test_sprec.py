@@ -38,7 +38,7 @@ def sprec_run(tmp_path_factory):
     out = tmp / "sprec"
     argv = ["run", *_argv(data, out, "loss.name=sprec", f"model.name_or_path={sft / 'model'}",
                           "loss.sprec.iterations=2", "loss.sprec.rows_per_iteration=7", "train.learning_rate=1e-2",
-                          "analysis.pruning_users=0")]
+                          "analysis.pruning_users=0", "analysis.other_softmax=true")]
     assert main(argv) == 0
     return data, sft, out, argv
 
@@ -125,6 +125,9 @@ def test_the_iteration_is_chosen_on_validation_and_exported(sprec_run):
         assert (out / "model" / name).read_bytes() == (out / f"iter-{chosen}" / "dpo" / "model" / name).read_bytes()
     test = json.loads((out / "eval-test" / "metrics.json").read_text())
     assert test["selected"]["iteration"] == chosen and test["num_users"] == 2
+    other = json.loads((out / "eval-test-vocab-softmax" / "metrics.json").read_text())  # analysis.other_softmax
+    assert other["selected"] == test["selected"] and (other["constrained_softmax"], test["constrained_softmax"]) == (
+        False, True) and not list(out.glob("*.partial.jsonl"))
     report = (out / "report.md").read_text()
     assert f"## Validation (iteration chosen: {chosen})" in report and "s per iteration of 2" in report
     assert "epoch" not in report.split("## Validation")[1].split("## Training")[0]

@@ -135,7 +135,7 @@ def train_stages(cfg, resume: bool = False, force: bool = False) -> Path:
     from bearrec.config import save_config
     from bearrec.data import load_dataset
     from bearrec.errors import ConfigError
-    from bearrec.evaluation import evaluate, seeded_subset, training_rows, write_outputs
+    from bearrec.evaluation import evaluate, seeded_subset, test_decode, training_rows, write_outputs
     from bearrec.rundir import RunDirectoryError, claim, has_results
     from bearrec.runs import load_run
 
@@ -173,14 +173,12 @@ def train_stages(cfg, resume: bool = False, force: bool = False) -> Path:
         if cfg.train.eval_test:
             test_idx = seeded_subset(len(dataset.test), cfg.train.test_users)
 
-            def decode(it: int):
-                loaded = load_run(run_dir / f"iter-{it}" / "dpo", config=run_dir / "config.yaml")
-                return evaluate(loaded.recommender, dataset.test, test_idx)
+            def recommender(it: int):
+                return load_run(run_dir / f"iter-{it}" / "dpo", config=run_dir / "config.yaml").recommender
 
-            preds, metrics = decode(chosen)
-            write_outputs(run_dir / "eval-test", preds, {**metrics, "selected": selection["best"]})
+            test_decode(recommender(chosen), cfg, dataset.test, test_idx, run_dir, {"selected": selection["best"]})
             if chosen != n:  # the last iteration on the same users, as runs show their last epoch
-                preds, metrics = decode(n)
+                preds, metrics = evaluate(recommender(n), dataset.test, test_idx)
                 write_outputs(run_dir / "eval-test-last", preds, {**metrics, "epoch": n})
     return run_dir
 
