@@ -94,6 +94,9 @@ KNOWN = set(range(1, 7))
     ('u1,"[1, 2",5\n', 2, "item_ids", "cannot parse"),
     ('u1,"[1, 2]",5\nu2,"[1, 77]",6\n', 3, "item_ids", "unknown item id 77"),
     ('u1,"[1, \'a\']",5\n', 2, "item_ids", "list of integer item ids"),
+    ('u1,"[true, 2]",5\n', 2, "item_ids", "list of integer item ids"),  # a bool is not an item id
+    ('u1,"[1, 2.0]",5\n', 2, "item_ids", "list of integer item ids"),
+    ('u1,"[5, 1, 99, 77]",5\n', 2, "item_ids", "unknown item id 99"),  # the first unknown one is named
     ('u1,"[3]",5\n', 2, "item_ids", "at least one history item"),
     ('u1,"[1, 2]",yesterday\n', 2, "timestamp", "not a number"),
     (',"[1, 2]",5\n', 2, "user_id", "empty user id"),

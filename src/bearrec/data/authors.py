@@ -124,6 +124,7 @@ def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = 
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)}; header is {','.join(header)}", row=1)
     col = {c: header.index(c) for c in COLUMNS}
+    known = set(known_items)
     examples = []
     for line, row in rows:
         if not row:
@@ -138,13 +139,13 @@ def read_examples(path: Path, known_items: set[int] | dict, allow_empty: bool = 
         except (ValueError, SyntaxError):
             raise DataError(path, f"cannot parse {row[col['item_ids']][:80]!r} as a list of item ids", row=line,
                             field="item_ids") from None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        if not isinstance(ids, list) or not set(map(type, ids)) <= {int}:  # bool is not int here
             raise DataError(path, f"expected a list of integer item ids, got {row[col['item_ids']]!r}", row=line, field="item_ids")
         if len(ids) < 2:
             raise DataError(path, f"needs at least one history item and a target, got {ids}", row=line, field="item_ids")
-        unknown = [i for i in ids if i not in known_items]
-        if unknown:
-            raise DataError(path, f"unknown item id {unknown[0]} (not in {TITLES_FILE})", row=line, field="item_ids")
+        if not known.issuperset(ids):
+            unknown = next(i for i in ids if i not in known)
+            raise DataError(path, f"unknown item id {unknown} (not in {TITLES_FILE})", row=line, field="item_ids")
         try:
             ts = float(row[col["timestamp"]])
             if not math.isfinite(ts):
