@@ -17,8 +17,8 @@ from bearrec.flags import decoding_suffix, inference_flags, inference_setup, not
 
 
 def cmd_evaluate(args) -> int:
-    from bearrec.evaluation import (distributed_state, evaluate_each, format_table, seeded_subset, softmaxes_for,
-                                    write_outputs)
+    from bearrec.evaluation import (distributed_state, evaluate_each, format_table, other_softmax_folder,
+                                    seeded_subset, softmaxes_for, write_outputs)
 
     def check(cfg, dataset):  # before the model loads
         softmaxes_for(cfg.decode, args.other_softmax, "--other-softmax")
@@ -32,7 +32,7 @@ def cmd_evaluate(args) -> int:
                             if (Path(args.model) / "config.yaml").exists()
                             else Path("runs") / f"eval-{dataset.name}-{args.split}{suffix}"))
     both = softmaxes_for(recommender.decode, args.other_softmax, "--other-softmax")
-    outs = [out, *[out.with_name(f"{out.name}-{'valid' if s else 'vocab'}-softmax") for s in both[1:]]]
+    outs = [out, *[out.with_name(other_softmax_folder(recommender.decode, out.name)) for _ in both[1:]]]
     # beside the output folders: a decode cut off resumes with the users it had (same command)
     partials = [o.with_name(o.name + ".partial.jsonl") for o in outs] if out.parent.is_dir() else None
     results = evaluate_each(recommender, examples, indices, both, partials=partials,

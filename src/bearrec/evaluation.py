@@ -215,9 +215,10 @@ def softmaxes_for(decode: DecodeConfig, other: bool, setting: str) -> tuple[bool
     return decode.constrained_softmax, not decode.constrained_softmax
 
 
-def other_softmax_folder(decode: DecodeConfig, split: str = "test") -> str:
-    """Where `analysis.other_softmax` writes the decode with the softmax `decode` does not use."""
-    return f"eval-{split}-{'vocab' if decode.constrained_softmax else 'valid'}-softmax"
+def other_softmax_folder(decode: DecodeConfig, base: str = "eval-test") -> str:
+    """Where the decode with the softmax `decode` does not use goes, beside the folder `base` of
+    `decode`'s own (`analysis.other_softmax`, `bearrec evaluate --other-softmax`)."""
+    return f"{base}-{'vocab' if decode.constrained_softmax else 'valid'}-softmax"
 
 
 def test_decode(recommender: Recommender, cfg, examples: list[Example], indices: list[int], run_dir: Path,
