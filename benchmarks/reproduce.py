@@ -29,6 +29,7 @@ import argparse
 import json
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -195,6 +196,18 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
                                        "seeds": [s for s in args.seeds if s != args.choose_on_seed]})
         runs += [(argv, out) for argv, out in plan(others) if out.parent.name == chosen]
     return runs
+
+
+def archive_finished(args, out: Path) -> None:
+    """--archive: a run (or a decode of a run: its folder inside the run) archived as soon as it has
+    finished, so that a call cut off (a session's end) loses only the runs still in flight."""
+    from bearrec.archive import archive_run
+
+    run = out if (out / "config.yaml").exists() else out.parent
+    try:
+        archive_run(run, Path(args.archive) / run.relative_to(args.root))
+    except BearrecError as e:
+        print(f"warning: not archived: {e}", file=sys.stderr, flush=True)
 
 
 def _finished(root: Path, dataset: str, method: str) -> list[Path]:
@@ -393,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/repro")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--report-only", action="store_true", help="only build the tables from finished runs")
-    p.add_argument("--archive", metavar="DIR", help="then archive every finished run of --root into DIR "
-                   "(`bearrec archive`: results without weights; --report-only --root DIR rebuilds the tables)")
+    p.add_argument("--archive", metavar="DIR", help="archive each run into DIR as it finishes, and at the end "
+                   "every finished run of --root (`bearrec archive`: results without weights; --report-only "
+                   "--root DIR rebuilds the tables)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (e.g. train.epochs=1)")
     args = p.parse_args(argv)
     unknown = [d for d in args.datasets if d not in CONFIGS[args.backbone]]
@@ -410,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                 return
             logs = [out.with_name(out.name + ".log") if argv[0] == "evaluate" else out / "run.log" for argv, out, _ in runs]
             try:
-                run_parallel([r[0] for r in runs], [r[1] for r in runs], args.jobs, [r[2] for r in runs], logs)
+                run_parallel([r[0] for r in runs], [r[1] for r in runs], args.jobs, [r[2] for r in runs], logs,
+                             on_finished=partial(archive_finished, args) if args.archive else None)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
 

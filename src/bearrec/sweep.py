@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, LossConfig, load_config
@@ -85,14 +86,15 @@ def sweep(config_path: str | None, grid_specs: list[str], overrides: list[str] =
 
 
 def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: list[Path | None] | None = None,
-                 logs: list[Path] | None = None) -> None:
+                 logs: list[Path] | None = None, on_finished: Callable[[Path], None] | None = None) -> None:
     """`bearrec COMMAND...` in child processes, `jobs` at a time, each logging to OUT/run.log; CPU
     threads are split between them (OMP_NUM_THREADS, when set, is each child's count instead: several
     sweeps can share a machine). A failed run does not stop the others; this fails at the end.
     `after[i]`: the output folder of another run of this call that run i starts from (a preference
     run's sft): run i waits until that one has finished, while later runs fill the free slots; if it
     failed, run i is not started and counts as failed. A folder outside this call is not waited for.
-    `logs[i]`: where run i logs instead (a command that replaces its output folder as a whole)."""
+    `logs[i]`: where run i logs instead (a command that replaces its output folder as a whole).
+    `on_finished(out)`: called as each run finishes without error, before the next one is waited for."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     env = dict(os.environ, OMP_NUM_THREADS=threads)
     log_of = dict(zip(outs, logs or [out / "run.log" for out in outs]))
@@ -129,6 +131,8 @@ def run_parallel(commands: list[list[str]], outs: list[Path], jobs: int, after: 
         print(f"{'finished' if proc.returncode == 0 else 'FAILED'}: {out} (log: {log_of[out]})", flush=True)
         if proc.returncode != 0:
             failed.append(out)
+        elif on_finished is not None:
+            on_finished(out)
     if failed:
         raise BearrecError(f"{len(failed)} run(s) failed; see their logs: " + ", ".join(
             str(log_of[o]) if log_of[o].exists() else f"{o} (not started)" for o in failed))

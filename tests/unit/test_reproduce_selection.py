@@ -117,7 +117,7 @@ def test_runs_of_this_call_are_decoded_the_other_way_after_they_finish(reproduce
     from bearrec.evaluation import other_softmax_folder
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append(
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs, **kw: calls.append(
         (argvs, outs, after, logs)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
     office = tmp_path / "office"
@@ -156,6 +156,39 @@ def test_archive_flag_archives_the_finished_runs_of_the_root(reproduce, tmp_path
     assert (tmp_path / "arch" / "office" / "msl" / "seed=0" / "eval-test" / "predictions.jsonl.gz").exists()
 
 
+def test_each_run_is_archived_as_it_finishes(reproduce, tmp_path, monkeypatch, capsys):
+    """--archive: run_parallel is handed a callback that archives each finished run at once (a decode's
+    folder: the run holding it, archive replaced, now with the decode); an unfinished one is only
+    warned about. Without --archive no callback."""
+    from tests.unit.test_archive import finished_run
+
+    root, arch = tmp_path / "root", tmp_path / "arch"
+    run = finished_run(root / "office" / "sft", "seed=0", "sft", 0, [0, None])
+    (root / "office" / "msl" / "seed=0").mkdir(parents=True)
+    (root / "office" / "msl" / "seed=0" / "config.yaml").write_text("seed: 0\n")  # cut off
+    archived = []
+
+    def fake_run_parallel(argvs, outs, jobs, after, logs, on_finished=None):
+        archived.append(on_finished is not None)
+        if on_finished is not None:
+            on_finished(run)
+            assert not (arch / "office" / "sft" / "seed=0" / "eval-test-d3").exists()
+            (run / "eval-test-d3").mkdir()
+            (run / "eval-test-d3" / "metrics.json").write_text("{}")
+            on_finished(run / "eval-test-d3")
+            assert (arch / "office" / "sft" / "seed=0" / "eval-test-d3" / "metrics.json").exists()
+            on_finished(root / "office" / "msl" / "seed=0")
+            assert not (arch / "office" / "msl").exists()
+
+    monkeypatch.setattr(reproduce, "run_parallel", fake_run_parallel)
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    argv = ["--datasets", "office", "--methods", "sft", "--seeds", "0", "--root", str(root)]
+    assert reproduce.main(argv) == 0 and archived == [False]
+    assert reproduce.main([*argv, "--archive", str(arch)]) == 0 and archived[1] is True
+    assert (arch / "office" / "sft" / "seed=0" / "eval-test" / "predictions.jsonl.gz").exists()
+    assert "not archived: " in capsys.readouterr().err
+
+
 def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path, monkeypatch, capsys):
     """run_parallel's `after`: a run starts once the run it starts from has finished; meanwhile later
     runs take the free slot; a run whose start failed is not started."""
@@ -175,9 +208,11 @@ def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path
 
     monkeypatch.setattr(sweep.subprocess, "Popen", FakeProcess)
     a, c, b, d, e = (tmp_path / n for n in ("sft-a", "pref-c", "bad-sft-b", "pref-d", "other-e"))
+    finished = []
     with pytest.raises(BearrecError, match="2 run"):
         sweep.run_parallel([["run", str(o)] for o in (a, c, b, d, e)], [a, c, b, d, e], jobs=2,
-                           after=[None, a, None, b, None])
+                           after=[None, a, None, b, None], on_finished=finished.append)
+    assert sorted(finished) == sorted([a, c, e])  # the failed run and the one never started: not called
     # a and b fill the two slots (c waits for a); a finishes, c starts; b fails, d is never started, e is
     assert started == ["sft-a", "bad-sft-b", "pref-c", "other-e"]
     assert f"FAILED: {d} (not started: {b}, which it starts from, failed)" in capsys.readouterr().out
@@ -188,7 +223,7 @@ def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path
 def test_one_batch_holds_every_run_of_the_seed_with_the_sft_dependency(reproduce, tmp_path, monkeypatch):
     _run(tmp_path / "office", "bear-lam1-xi1", 0, 0.2, 0.1)  # the candidate chosen earlier, on seed 0
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sdpo", "--bear-grid", "1:1",
                            "--choose-on-seed", "0", "--seeds", "1", "--root", str(tmp_path)]) == 0
@@ -203,7 +238,7 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
     """Several seeds in one call: each seed's runs from sft come right after that seed's own runs (so a
     free slot takes seed 1's sdpo before seed 2's sft), the pruning seed first."""
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,sdpo", "--seeds", "2,1",
                            "--pruning-seed", "1", "--root", str(tmp_path)]) == 0
