@@ -223,7 +223,8 @@ def test_runs_from_sft_wait_for_their_sft_run_and_others_fill_the_slots(tmp_path
 def test_one_batch_holds_every_run_of_the_seed_with_the_sft_dependency(reproduce, tmp_path, monkeypatch):
     _run(tmp_path / "office", "bear-lam1-xi1", 0, 0.2, 0.1)  # the candidate chosen earlier, on seed 0
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel",
+                        lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,bear,sdpo", "--bear-grid", "1:1",
                            "--choose-on-seed", "0", "--seeds", "1", "--root", str(tmp_path)]) == 0
@@ -238,7 +239,8 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
     """Several seeds in one call: each seed's runs from sft come right after that seed's own runs (so a
     free slot takes seed 1's sdpo before seed 2's sft), the pruning seed first."""
     calls = []
-    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
+    monkeypatch.setattr(reproduce, "run_parallel",
+                        lambda argvs, outs, jobs, after, logs, **kw: calls.append((outs, after)))
     monkeypatch.setattr(reproduce, "report", lambda args: None)
     assert reproduce.main(["--datasets", "office", "--methods", "sft,msl,sdpo", "--seeds", "2,1",
                            "--pruning-seed", "1", "--root", str(tmp_path)]) == 0
