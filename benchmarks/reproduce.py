@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from functools import partial
@@ -37,6 +36,7 @@ import yaml
 
 from bearrec import methods
 from bearrec.analysis import plot_pruning
+from bearrec.archive import archive_finished, skip_archived
 from bearrec.config import load_config
 from bearrec.errors import BearrecError
 from bearrec.report import compare, label_runs, load_run, to_csv, to_markdown
@@ -200,57 +200,6 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
                                        "seeds": [s for s in args.seeds if s != args.choose_on_seed]})
         runs += [(argv, out) for argv, out in plan(others) if out.parent.name == chosen]
     return runs
-
-
-def archive_finished(args, out: Path) -> None:
-    """--archive: a run (or a decode of a run: its folder inside the run) archived as soon as it has
-    finished, so that a call cut off (a session's end) loses only the runs still in flight. An earlier
-    archive of the same run (same config hash: a run trained again for its weights) keeps the decode
-    folders the run does not have again."""
-    from bearrec.archive import archive_run, is_archive
-
-    run = out if (out / "config.yaml").exists() else out.parent
-    dest = Path(args.archive) / run.relative_to(args.root)
-    earlier = dest.with_name(dest.name + ".earlier")
-    shutil.rmtree(earlier, ignore_errors=True)
-    if is_archive(dest) and _config_hash(dest) == _config_hash(run):
-        shutil.copytree(dest, earlier)
-    try:
-        archive_run(run, dest)
-        for folder in sorted(earlier.iterdir()) if earlier.exists() else []:
-            if folder.is_dir() and not (dest / folder.name).exists():
-                shutil.copytree(folder, dest / folder.name)
-    except BearrecError as e:
-        print(f"warning: not archived: {e}", file=sys.stderr, flush=True)
-    finally:
-        shutil.rmtree(earlier, ignore_errors=True)
-
-
-def _config_hash(run: Path) -> str | None:
-    try:
-        return json.loads((run / "run.json").read_text()).get("config_hash")
-    except (OSError, ValueError):
-        return None
-
-
-def in_archive(args, out: Path) -> bool:
-    """--archive: whether `out` (a run, or a decode's folder inside one) has finished in an earlier call
-    and is in the archive (its folder under --root may be gone: a session's work tree is laid anew)."""
-    if not args.archive:
-        return False
-    dest = Path(args.archive) / out.relative_to(args.root)
-    return (dest / "metrics.json").exists() and any((p / "archived.json").exists() for p in (dest, dest.parent))
-
-
-def skip_archived(args, runs: list[tuple]) -> list[tuple]:
-    """(argv, out, after) items less those already in the archive, except a run that a kept item starts
-    from or decodes (trained again for its weights: the same seed gives the same run)."""
-    kept = [item for item in runs if not in_archive(args, item[1])]
-    needed = {after for _, _, after in kept if after is not None}
-    skipped = [str(out) for _, out, _ in runs if in_archive(args, out) and out not in needed]
-    if skipped:
-        print(f"in the archive already, not run again: {len(skipped)} ({', '.join(skipped)})", flush=True)
-    return [item for item in runs if not in_archive(args, item[1]) or item[1] in needed]
 
 
 def _finished(root: Path, dataset: str, method: str) -> list[Path]:
@@ -464,13 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown method(s) {unknown}; known: {', '.join(sorted(known))}")
     if not args.report_only:
         def run_batch(runs):  # (argv, output folder, the run it waits for)
-            runs = skip_archived(args, runs)
+            runs = skip_archived(runs, args.root, args.archive) if args.archive else runs
             if not runs:
                 return
             logs = [out.with_name(out.name + ".log") if argv[0] == "evaluate" else out / "run.log" for argv, out, _ in runs]
             try:
                 run_parallel([r[0] for r in runs], [r[1] for r in runs], args.jobs, [r[2] for r in runs], logs,
-                             on_finished=partial(archive_finished, args) if args.archive else None)
+                             on_finished=partial(archive_finished, args.root, args.archive) if args.archive else None)
             except BearrecError as e:
                 print(f"warning: {e}", file=sys.stderr)
 

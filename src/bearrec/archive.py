@@ -19,7 +19,9 @@ built from archives equals the table built from the runs. An archive is not a mo
 load weights, and `bearrec run`, refuse it by name. Archiving a folder archives every finished run
 below it (`config.yaml` and `metrics.json` present; symlinked folders followed), keeping the
 relative paths; an unfinished run is skipped and named. A destination is replaced only when it is
-an earlier archive (or empty): never a run or another folder.
+an earlier archive (or empty): never a run or another folder. An earlier archive of the same run
+(same config hash in run.json) passes on the folders the run no longer has: a run trained again
+only for its weights keeps the decodes archived from its first training.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from bearrec.atomic import atomic_directory, atomic_write_text
@@ -152,8 +156,31 @@ def archive_run(run_dir: str | Path, dest: str | Path) -> dict:
                 kept += len(data)
                 dropped += max(0, path.stat().st_size - len(data)) if action == "strip" else 0
         info = {"archived_from": str(run_dir.resolve()), "kept_bytes": kept, "left_out_bytes": dropped}
+        earlier = _earlier_decodes(run_dir, dest, tmp)
+        if earlier:
+            info["kept_from_earlier_archive"] = earlier
         atomic_write_text(tmp / MARKER, json.dumps(info, indent=1) + "\n")
     return info
+
+
+def _earlier_decodes(run_dir: Path, dest: Path, new: Path) -> list[str]:
+    """The folders of an earlier archive of the same run (same config hash) that the new archive `new`
+    lacks, copied into it: a run trained again for its weights (the folder was laid anew, the same seed
+    gives the same run) keeps the decodes archived before (`bearrec evaluate` folders). Their names."""
+    if not is_archive(dest) or _config_hash(dest) is None or _config_hash(dest) != _config_hash(run_dir):
+        return []
+    kept = []
+    for folder in sorted(p for p in dest.iterdir() if p.is_dir() and not (new / p.name).exists()):
+        shutil.copytree(folder, new / folder.name)
+        kept.append(folder.name)
+    return kept
+
+
+def _config_hash(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def archive_tree(source: str | Path, dest: str | Path) -> tuple[list[Path], list[Path]]:
@@ -188,3 +215,33 @@ def archive_tree(source: str | Path, dest: str | Path) -> tuple[list[Path], list
         archive_run(run, dest / run.relative_to(source))
         done.append(run)
     return done, skipped
+
+
+def archive_finished(root: str | Path, archive: str | Path, out: Path) -> None:
+    """Archive the run `out` of `root` (or the run holding `out`, a decode's folder) into the same
+    relative path of `archive`, as soon as it has finished (`sweep.run_parallel`'s `on_finished`), so
+    that a call cut off (a session's end) loses only the runs still in flight. Failure is a warning."""
+    run = out if (out / "config.yaml").exists() else out.parent
+    try:
+        archive_run(run, Path(archive) / run.relative_to(root))
+    except BearrecError as e:
+        print(f"warning: not archived: {e}", file=sys.stderr, flush=True)
+
+
+def in_archive(root: str | Path, archive: str | Path, out: Path) -> bool:
+    """Whether `out` (a run of `root`, or a decode's folder inside one) finished in an earlier call and
+    is in `archive` (its folder under `root` may be gone: a session's work tree is laid anew)."""
+    dest = Path(archive) / out.relative_to(root)
+    return (dest / "metrics.json").exists() and any(is_archive(p) for p in (dest, dest.parent))
+
+
+def skip_archived(runs: list[tuple], root: str | Path, archive: str | Path) -> list[tuple]:
+    """(argv, out, after) items of `sweep.run_parallel` less those already in `archive`, except a run
+    that a kept item starts from or decodes (trained again for its weights: the same seed gives the
+    same run)."""
+    done = [in_archive(root, archive, out) for _, out, _ in runs]
+    needed = {after for (_, _, after), d in zip(runs, done) if not d and after is not None}
+    skipped = [str(out) for (_, out, _), d in zip(runs, done) if d and out not in needed]
+    if skipped:
+        print(f"in the archive already, not run again: {len(skipped)} ({', '.join(skipped)})", flush=True)
+    return [item for item, d in zip(runs, done) if not d or item[1] in needed]

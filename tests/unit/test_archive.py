@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 
 import pytest
 
@@ -166,3 +167,27 @@ def test_an_archive_is_not_a_model(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "arch" / "config.yaml"), f"output_dir={tmp_path / 'arch'}"]) == 2
     assert "an archived run" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp_path / "arch").rglob("*") if p.is_file()} == before
+
+
+def test_an_archive_of_the_same_run_keeps_the_decodes_the_run_no_longer_has(tmp_path):
+    """A run trained again for its weights (same config hash) lacks the decode folders of its first
+    training: the new archive replaces the old one but keeps those, and says so; an archive of another
+    run (another hash) is replaced whole; the folder tree form (archive_tree) does the same."""
+    run = finished_run(tmp_path / "runs" / "sft", "seed=0", "sft", 0, [0, None])
+    (run / "run.json").write_text('{"config_hash": "abc"}')
+    (run / "eval-test-d3").mkdir()
+    (run / "eval-test-d3" / "metrics.json").write_text('{"d3": 1}')
+    dest = tmp_path / "arch" / "sft" / "seed=0"
+    assert "kept_from_earlier_archive" not in archive_run(run, dest)
+    shutil.rmtree(run / "eval-test-d3")
+    (run / "metrics.json").write_text('{"test": {"item": {"NDCG@10": 0.25}}}')
+    assert archive_run(run, dest)["kept_from_earlier_archive"] == ["eval-test-d3"]
+    assert json.loads((dest / "eval-test-d3" / "metrics.json").read_text()) == {"d3": 1}
+    assert json.loads((dest / "metrics.json").read_text())["test"]["item"]["NDCG@10"] == 0.25
+    assert json.loads((dest / "archived.json").read_text())["kept_from_earlier_archive"] == ["eval-test-d3"]
+    archive_tree(tmp_path / "runs", tmp_path / "arch")
+    assert (dest / "eval-test-d3" / "metrics.json").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["seed=0"]  # no temporary folder left
+    (run / "run.json").write_text('{"config_hash": "other"}')
+    assert "kept_from_earlier_archive" not in archive_run(run, dest)
+    assert not (dest / "eval-test-d3").exists()

@@ -1,7 +1,6 @@
 """benchmarks/reproduce.py: lambda/xi candidates are compared on the seeds all of them finished."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -188,15 +187,17 @@ def test_each_run_is_archived_as_it_finishes(reproduce, tmp_path, monkeypatch, c
     assert reproduce.main([*argv, "--archive", str(arch)]) == 0 and archived[1] is True
     assert (arch / "office" / "sft" / "seed=0" / "eval-test" / "predictions.jsonl.gz").exists()
     assert "not archived: " in capsys.readouterr().err
+    assert reproduce.main([*argv, "--archive", str(arch)]) == 0 and len(archived) == 2  # sft: in the archive
+    assert "in the archive already, not run again: 1" in capsys.readouterr().out
 
 
-def test_runs_in_the_archive_are_not_run_again_unless_a_run_needs_their_weights(reproduce, tmp_path, capsys):
+def test_runs_in_the_archive_are_not_run_again_unless_a_run_needs_their_weights(tmp_path, capsys):
     """A later call (the runs' folders gone, their archives kept): archived runs and decodes are left
     out; sft is trained again when a run from it (sdpo) or a decode of it is still to come."""
+    from bearrec.archive import skip_archived
     from tests.unit.test_archive import finished_run
 
     root, arch = tmp_path / "root", tmp_path / "arch"
-    ns = reproduce.argparse.Namespace(root=str(root), archive=str(arch))
     for name in ("sft", "msl"):
         run = finished_run(arch / "office" / name, "seed=0", name, 0, [0, None])
         (run / "archived.json").write_text("{}")
@@ -206,39 +207,13 @@ def test_runs_in_the_archive_are_not_run_again_unless_a_run_needs_their_weights(
     batch = [(["run"], sft, None), (["run"], msl, None), (["run"], sdpo, sft),
              (["evaluate"], sft / "eval-test-d3", sft), (["evaluate"], msl / "eval-test-vocab-softmax", msl),
              (["run"], bear, None)]
-    kept = [out for _, out, _ in reproduce.skip_archived(ns, batch)]
+    kept = [out for _, out, _ in skip_archived(batch, root, arch)]
     assert kept == [sft, msl, sdpo, msl / "eval-test-vocab-softmax", bear]  # msl trained again for its decode
     assert "not run again: 1 (" in capsys.readouterr().out  # the d3 decode (msl is needed)
     (arch / "office" / "sdpo" / "seed=0").mkdir(parents=True)
     (arch / "office" / "sdpo" / "seed=0" / "archived.json").write_text("{}")
     (arch / "office" / "sdpo" / "seed=0" / "metrics.json").write_text("{}")
-    assert [out for _, out, _ in reproduce.skip_archived(ns, batch[:4])] == []
-    ns.archive = None
-    assert reproduce.skip_archived(ns, batch) == batch
-
-
-def test_a_run_trained_again_keeps_the_decodes_of_its_earlier_archive(reproduce, tmp_path):
-    """archive_finished: the new archive replaces the old one but keeps the old decode folders the
-    run lacks, when both are the same run (config hash); another run's archive is replaced whole."""
-    from tests.unit.test_archive import finished_run
-
-    root, arch = tmp_path / "root", tmp_path / "arch"
-    ns = reproduce.argparse.Namespace(root=str(root), archive=str(arch))
-    run = finished_run(root / "office" / "sft", "seed=0", "sft", 0, [0, None])
-    (run / "run.json").write_text('{"config_hash": "abc"}')
-    (run / "eval-test-d3").mkdir()
-    (run / "eval-test-d3" / "metrics.json").write_text('{"d3": 1}')
-    reproduce.archive_finished(ns, run)
-    dest = arch / "office" / "sft" / "seed=0"
-    shutil.rmtree(run / "eval-test-d3")
-    (run / "metrics.json").write_text('{"test": {"item": {"NDCG@10": 0.25}}}')
-    reproduce.archive_finished(ns, run)
-    assert json.loads((dest / "eval-test-d3" / "metrics.json").read_text()) == {"d3": 1}
-    assert json.loads((dest / "metrics.json").read_text())["test"]["item"]["NDCG@10"] == 0.25
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["seed=0"]  # no leftover folder
-    (run / "run.json").write_text('{"config_hash": "other"}')
-    reproduce.archive_finished(ns, run)
-    assert not (dest / "eval-test-d3").exists()
+    assert [out for _, out, _ in skip_archived(batch[:4], root, arch)] == []
 
 
 def test_choose_on_seed_reads_the_candidates_archives_when_their_runs_are_gone(reproduce, tmp_path):
