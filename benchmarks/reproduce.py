@@ -187,7 +187,7 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
     for dataset in args.datasets:
         at_seed = {p.parent.name: [p] for p in (Path(args.root) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
                    if (p / "metrics.json").exists()}
-        if not at_seed and args.archive:  # the candidates' runs are gone, their archives are not
+        if not at_seed and getattr(args, "archive", None):  # the candidates' runs are gone, their archives are not
             at_seed = {p.parent.name: [p] for p in (Path(args.archive) / dataset).glob(
                 f"bear-*/seed={args.choose_on_seed}") if (p / "metrics.json").exists()}
         if not at_seed:

@@ -15,8 +15,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from bearrec.atomic import atomic_write_text
 from bearrec.config import Config, LossConfig, load_config
