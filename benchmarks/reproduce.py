@@ -36,7 +36,7 @@ import yaml
 
 from bearrec import methods
 from bearrec.analysis import plot_pruning
-from bearrec.archive import archive_finished, skip_archived
+from bearrec.archive import archive_finished, in_archive, skip_archived
 from bearrec.config import load_config
 from bearrec.errors import BearrecError
 from bearrec.report import compare, label_runs, load_run, to_csv, to_markdown
@@ -145,8 +145,9 @@ def decode_plan(args, batch=()) -> list[tuple[list[str], Path, Path | None]]:
                     if (run / folder / "metrics.json").exists() or not (
                             run in planned or (run / "metrics.json").exists()):
                         continue
-                    if _writes_itself(planned.get(run), run, folder):
-                        continue
+                    if _writes_itself(planned.get(run), run, folder) and not (
+                            getattr(args, "archive", None) and in_archive(args.root, args.archive, run)):
+                        continue  # (an archived run is not run again: its decode is an item of its own)
                     users = _same_test_users(run, planned.get(run))
                     items.append((["evaluate", "--model", str(run), *flags, *users, "--out", str(run / folder)],
                                   run / folder, run if run in planned else None))
@@ -185,11 +186,11 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
     seeds (bear-* runs of plan(args) are then only for seed S, and run first)."""
     runs = []
     for dataset in args.datasets:
-        at_seed = {p.parent.name: [p] for p in (Path(args.root) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
+        # every candidate: its run, or where that is gone (not run again), its archive
+        folders = ([args.archive] if getattr(args, "archive", None) else []) + [args.root]
+        at_seed = {p.parent.name: [p] for folder in folders
+                   for p in (Path(folder) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
                    if (p / "metrics.json").exists()}
-        if not at_seed and getattr(args, "archive", None):  # the candidates' runs are gone, their archives are not
-            at_seed = {p.parent.name: [p] for p in (Path(args.archive) / dataset).glob(
-                f"bear-*/seed={args.choose_on_seed}") if (p / "metrics.json").exists()}
         if not at_seed:
             print(f"warning: no finished bear candidate on {dataset} seed {args.choose_on_seed}", file=sys.stderr)
             continue
@@ -294,6 +295,7 @@ def _read_json(path: Path) -> dict | None:
 
 def report(args) -> dict:
     root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)  # absent when every run was in --archive already
     summary, lines = {}, ["# Reproduction summary", "", f"Root: `{root}`", ""]
     for dataset in args.datasets:
         names = sorted(p.name for p in (root / dataset).iterdir() if p.is_dir()) if (root / dataset).is_dir() else []
@@ -442,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.archive:
         from bearrec.archive import archive_tree
 
-        done, skipped = archive_tree(args.root, args.archive)
+        try:
+            done, skipped = archive_tree(args.root, args.archive)
+        except BearrecError as e:  # every run was in the archive already: nothing new under --root
+            print(f"nothing archived: {e}", flush=True)
+            done, skipped = [], []
         print(f"archived {len(done)} finished run(s) of {args.root} into {args.archive}"
               + (f"; not finished: {', '.join(map(str, skipped))}" if skipped else ""), flush=True)
     if (Path(args.root) / "summary.md").exists():

@@ -169,6 +169,10 @@ def _earlier_decodes(run_dir: Path, dest: Path, new: Path) -> list[str]:
     gives the same run) keeps the decodes archived before (`bearrec evaluate` folders). Their names."""
     if not is_archive(dest) or _config_hash(dest) is None or _config_hash(dest) != _config_hash(run_dir):
         return []
+    test = Path("eval-test") / "predictions.jsonl.gz"
+    if (dest / test).exists() and (new / test).exists() and (dest / test).read_bytes() != (new / test).read_bytes():
+        print(f"warning: {run_dir} trained again ranks its test users otherwise than its archive {dest}: the "
+              f"folders kept from that archive are of the earlier weights", file=sys.stderr, flush=True)
     kept = []
     for folder in sorted(p for p in dest.iterdir() if p.is_dir() and not (new / p.name).exists()):
         shutil.copytree(folder, new / folder.name)
@@ -224,7 +228,7 @@ def archive_finished(root: str | Path, archive: str | Path, out: Path) -> None:
     run = out if (out / "config.yaml").exists() else out.parent
     try:
         archive_run(run, Path(archive) / run.relative_to(root))
-    except BearrecError as e:
+    except (BearrecError, OSError, ValueError) as e:  # never stop run_parallel: its children are running
         print(f"warning: not archived: {e}", file=sys.stderr, flush=True)
 
 
@@ -235,11 +239,30 @@ def in_archive(root: str | Path, archive: str | Path, out: Path) -> bool:
     return (dest / "metrics.json").exists() and any(is_archive(p) for p in (dest, dest.parent))
 
 
+def _archived_config(argv: list[str], dest: Path) -> bool:
+    """Whether the archive `dest` is of the run `argv` (["run", "--config", CONFIG, *overrides]) would
+    train (`rundir.same_experiment`); a config that does not load is run, to fail there with its reason."""
+    from bearrec.config import load_config
+    from bearrec.rundir import same_experiment
+
+    if argv[1:2] != ["--config"]:
+        return True  # no config to compare
+    try:
+        return same_experiment(dest, load_config(argv[2], argv[3:]))
+    except BearrecError:
+        return False
+
+
 def skip_archived(runs: list[tuple], root: str | Path, archive: str | Path) -> list[tuple]:
-    """(argv, out, after) items of `sweep.run_parallel` less those already in `archive`, except a run
-    that a kept item starts from or decodes (trained again for its weights: the same seed gives the
-    same run)."""
-    done = [in_archive(root, archive, out) for _, out, _ in runs]
+    """(argv, out, after) items of `sweep.run_parallel` less those already in `archive` (a run: of the
+    same config), except a run that a kept item starts from or decodes (trained again for its weights:
+    the same seed gives the same run)."""
+    runs_of = {out: argv for argv, out, _ in runs if argv[0] == "run"}
+    fresh = {out for out, argv in runs_of.items()
+             if in_archive(root, archive, out) and _archived_config(argv, Path(archive) / out.relative_to(root))}
+    # a decode is done when its run's archive stays (a run of another config replaces it whole)
+    done = [out in fresh if out in runs_of else
+            in_archive(root, archive, out) and (after not in runs_of or after in fresh) for _, out, after in runs]
     needed = {after for (_, _, after), d in zip(runs, done) if not d and after is not None}
     skipped = [str(out) for (_, out, _), d in zip(runs, done) if d and out not in needed]
     if skipped:

@@ -135,6 +135,16 @@ def _same_run_older_identity(run_dir: Path, digest: str) -> bool:
     return stored is not None and config_hash(stored) == digest
 
 
+def same_experiment(run_dir: str | Path, cfg: Config) -> bool:
+    """Whether `run_dir` (a run, or its archive) holds the experiment `cfg` describes: run.json's hash,
+    or its config.yaml as this bearrec reads it (a run recorded by an older bearrec)."""
+    digest = config_hash(cfg)
+    try:
+        return _recorded_hash(Path(run_dir)) == digest or _same_run_older_identity(Path(run_dir), digest)
+    except RunDirectoryError:
+        return False
+
+
 @contextmanager
 def claim(run_dir: str | Path, cfg: Config, force: bool = False):
     """Lock `run_dir` for this process and make sure it belongs to `cfg`; yields run.json's state."""

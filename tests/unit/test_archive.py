@@ -169,7 +169,7 @@ def test_an_archive_is_not_a_model(tmp_path, capsys):
     assert {p: p.read_bytes() for p in (tmp_path / "arch").rglob("*") if p.is_file()} == before
 
 
-def test_an_archive_of_the_same_run_keeps_the_decodes_the_run_no_longer_has(tmp_path):
+def test_an_archive_of_the_same_run_keeps_the_decodes_the_run_no_longer_has(tmp_path, capsys):
     """A run trained again for its weights (same config hash) lacks the decode folders of its first
     training: the new archive replaces the old one but keeps those, and says so; an archive of another
     run (another hash) is replaced whole; the folder tree form (archive_tree) does the same."""
@@ -185,8 +185,11 @@ def test_an_archive_of_the_same_run_keeps_the_decodes_the_run_no_longer_has(tmp_
     assert json.loads((dest / "eval-test-d3" / "metrics.json").read_text()) == {"d3": 1}
     assert json.loads((dest / "metrics.json").read_text())["test"]["item"]["NDCG@10"] == 0.25
     assert json.loads((dest / "archived.json").read_text())["kept_from_earlier_archive"] == ["eval-test-d3"]
+    assert "ranks its test users otherwise" not in capsys.readouterr().err  # the same ranks: the same model
+    (run / "eval-test" / "predictions.jsonl").write_text('{"index": 0, "rank": 3}\n{"index": 1, "rank": 0}\n')
     archive_tree(tmp_path / "runs", tmp_path / "arch")
     assert (dest / "eval-test-d3" / "metrics.json").exists()
+    assert "ranks its test users otherwise than its archive" in capsys.readouterr().err
     assert sorted(p.name for p in dest.parent.iterdir()) == ["seed=0"]  # no temporary folder left
     (run / "run.json").write_text('{"config_hash": "other"}')
     assert "kept_from_earlier_archive" not in archive_run(run, dest)

@@ -169,10 +169,14 @@ def test_each_run_is_archived_as_it_finishes(reproduce, tmp_path, monkeypatch, c
     archived = []
 
     def fake_run_parallel(argvs, outs, jobs, after, logs, on_finished=None):
+        from bearrec.config import load_config
+        from bearrec.rundir import config_hash
+
         archived.append(on_finished is not None)
-        if on_finished is not None:
+        if on_finished is not None:  # the run as `bearrec run` leaves it: its config's hash in run.json
+            digest = config_hash(load_config(argvs[0][2], argvs[0][3:]))
+            (run / "run.json").write_text(json.dumps({"config_hash": digest}))
             on_finished(run)
-            assert not (arch / "office" / "sft" / "seed=0" / "eval-test-d3").exists()
             (run / "eval-test-d3").mkdir()
             (run / "eval-test-d3" / "metrics.json").write_text("{}")
             on_finished(run / "eval-test-d3")
@@ -189,6 +193,50 @@ def test_each_run_is_archived_as_it_finishes(reproduce, tmp_path, monkeypatch, c
     assert "not archived: " in capsys.readouterr().err
     assert reproduce.main([*argv, "--archive", str(arch)]) == 0 and len(archived) == 2  # sft: in the archive
     assert "in the archive already, not run again: 1" in capsys.readouterr().out
+    outs = []
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, o, *a, **k: outs.extend(o))
+    assert reproduce.main([*argv, "--archive", str(arch), "train.epochs=2"]) == 0 and outs == [run]  # another config
+
+
+def _archived_sft(reproduce, root: Path, arch: Path, methods: list[str]) -> Path:
+    """The archive of the sft run (seed 0, Office) that a call with `methods` plans: its config's hash."""
+    from bearrec.config import load_config
+    from bearrec.rundir import config_hash
+    from tests.unit.test_archive import finished_run
+
+    ns = reproduce.argparse.Namespace(datasets=["office"], methods=methods, bear_grid=[], seeds=[0],
+                                      choose_on_seed=None, pruning_seed=0, pruning_users="null", root=str(root),
+                                      backbone="tiny", overrides=[])
+    (argv, _), = reproduce.plan(ns)
+    run = finished_run(arch / "office" / "sft", "seed=0", "sft", 0, [0, None])
+    (run / "run.json").write_text(json.dumps({"config_hash": config_hash(load_config(argv[2], argv[3:]))}))
+    (run / "archived.json").write_text("{}")
+    return run
+
+
+def test_a_fresh_session_with_every_run_archived_ends_cleanly(reproduce, tmp_path, monkeypatch):
+    """The runs root is gone (a new session) and every run is in the archive: nothing runs, the report and
+    the final archiving find nothing, and the call still ends with 0."""
+    root, arch = tmp_path / "root", tmp_path / "arch"
+    _archived_sft(reproduce, root, arch, ["sft"])
+    monkeypatch.setattr(reproduce, "run_parallel", lambda *a, **k: pytest.fail("nothing to run"))
+    assert reproduce.main(["--datasets", "office", "--methods", "sft", "--seeds", "0", "--root", str(root),
+                           "--archive", str(arch)]) == 0
+
+
+def test_an_archived_run_whose_other_softmax_decode_is_missing_is_decoded(reproduce, tmp_path, monkeypatch):
+    """sft archived without its valid-softmax decode; a later call asks for that row: the run would write
+    it in its own test decode, but it is not run again, so the decode is an item of its own (and the run
+    is trained again for its weights)."""
+    root, arch = tmp_path / "root", tmp_path / "arch"
+    _archived_sft(reproduce, root, arch, ["sft", "sft-valid-softmax"])
+    calls = []
+    monkeypatch.setattr(reproduce, "run_parallel", lambda argvs, outs, *a, **k: calls.append(
+        [str(o.relative_to(root)) for o in outs]))
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    reproduce.main(["--datasets", "office", "--methods", "sft,sft-valid-softmax", "--seeds", "0", "--root", str(root),
+                    "--archive", str(arch)])
+    assert calls == [["office/sft/seed=0", "office/sft/seed=0/eval-test-valid-softmax"]]
 
 
 def test_runs_in_the_archive_are_not_run_again_unless_a_run_needs_their_weights(tmp_path, capsys):
@@ -223,6 +271,9 @@ def test_choose_on_seed_reads_the_candidates_archives_when_their_runs_are_gone(r
                                       overrides=[])
     _run(tmp_path / "arch" / "office", "bear-lam1-xi1", 0, 0.3, 0.01)
     _run(tmp_path / "arch" / "office", "bear-lam4-xi0.25", 0, 0.2, 0.01)
+    assert [str(out.relative_to(tmp_path)) for _, out in reproduce.chosen_plan(ns)] == [
+        "root/office/bear-lam1-xi1/seed=1"]
+    _run(tmp_path / "root" / "office", "bear-lam4-xi0.25", 0, 0.2, 0.01)  # one candidate trained again, the other not
     assert [str(out.relative_to(tmp_path)) for _, out in reproduce.chosen_plan(ns)] == [
         "root/office/bear-lam1-xi1/seed=1"]
 
