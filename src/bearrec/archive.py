@@ -239,17 +239,25 @@ def in_archive(root: str | Path, archive: str | Path, out: Path) -> bool:
     return (dest / "metrics.json").exists() and any(is_archive(p) for p in (dest, dest.parent))
 
 
-def _archived_config(argv: list[str], dest: Path) -> bool:
+def _archived_config(argv: list[str], dest: Path, root: Path, out: Path) -> bool:
     """Whether the archive `dest` is of the run `argv` (["run", "--config", CONFIG, *overrides]) would
-    train (`rundir.same_experiment`); a config that does not load is run, to fail there with its reason."""
+    train into `out` (`rundir.same_experiment`); a config that does not load is run, to fail there with
+    its reason. A run that starts from a model of `root` (a run from sft) is compared as if `root` were
+    the root its archive was made from: the same sft run under another folder is the same start."""
     from bearrec.config import load_config
     from bearrec.rundir import same_experiment
 
     if argv[1:2] != ["--config"]:
         return True  # no config to compare
     try:
-        return same_experiment(dest, load_config(argv[2], argv[3:]))
-    except BearrecError:
+        cfg = load_config(argv[2], argv[3:])
+        start = Path(cfg.model.name_or_path)
+        if start.is_relative_to(root):
+            made_from = Path(json.loads((dest / MARKER).read_text())["archived_from"])
+            earlier_root = made_from.parents[len(out.relative_to(root).parts) - 1]
+            cfg = load_config(argv[2], [*argv[3:], f"model.name_or_path={earlier_root / start.relative_to(root)}"])
+        return same_experiment(dest, cfg)
+    except (BearrecError, OSError, ValueError, KeyError, IndexError):
         return False
 
 
@@ -259,7 +267,8 @@ def skip_archived(runs: list[tuple], root: str | Path, archive: str | Path) -> l
     the same seed gives the same run)."""
     runs_of = {out: argv for argv, out, _ in runs if argv[0] == "run"}
     fresh = {out for out, argv in runs_of.items()
-             if in_archive(root, archive, out) and _archived_config(argv, Path(archive) / out.relative_to(root))}
+             if in_archive(root, archive, out)
+             and _archived_config(argv, Path(archive) / out.relative_to(root), Path(root), out)}
     # a decode is done when its run's archive stays (a run of another config replaces it whole)
     done = [out in fresh if out in runs_of else
             in_archive(root, archive, out) and (after not in runs_of or after in fresh) for _, out, after in runs]

@@ -239,6 +239,35 @@ def test_an_archived_run_whose_other_softmax_decode_is_missing_is_decoded(reprod
     assert calls == [["office/sft/seed=0", "office/sft/seed=0/eval-test-valid-softmax"]]
 
 
+def test_a_run_from_sft_archived_under_another_root_is_the_same_run(reproduce, tmp_path, capsys):
+    """sdpo's config names its sft run's model by path; archived from root A, it is still the same run
+    when a later call plans it under root B (the sft run of B stands where A's stood); an archive whose
+    sft was another run (seed 1's) is not."""
+    from bearrec.archive import skip_archived
+    from bearrec.config import load_config
+    from bearrec.rundir import config_hash
+
+    def planned(root: Path):
+        ns = reproduce.argparse.Namespace(datasets=["office"], methods=["sft", "sdpo"], bear_grid=[], seeds=[0],
+                                          choose_on_seed=None, pruning_seed=0, pruning_users="null", root=str(root),
+                                          backbone="tiny", overrides=[])
+        return reproduce.plan(ns, 2)[0]
+
+    a, b, arch = tmp_path / "a", Path("runs") / "b", tmp_path / "arch"
+    argv_a, out_a = planned(a)
+    dest = arch / "office" / "sdpo" / "seed=0"
+    dest.mkdir(parents=True)
+    (dest / "metrics.json").write_text("{}")
+    (dest / "archived.json").write_text(json.dumps({"archived_from": str(out_a)}))
+    (dest / "run.json").write_text(json.dumps({"config_hash": config_hash(load_config(argv_a[2], argv_a[3:]))}))
+    argv_b, out_b = planned(b)
+    batch = [(["run"], b / "office" / "sft" / "seed=0", None), (argv_b, out_b, b / "office" / "sft" / "seed=0")]
+    assert skip_archived(batch, b, arch) == batch[:1]  # sft (not archived here) is not needed by sdpo
+    other = load_config(argv_a[2], [*argv_a[3:], f"model.name_or_path={a / 'office' / 'sft' / 'seed=1' / 'model'}"])
+    (dest / "run.json").write_text(json.dumps({"config_hash": config_hash(other)}))
+    assert skip_archived(batch, b, arch) == batch
+
+
 def test_runs_in_the_archive_are_not_run_again_unless_a_run_needs_their_weights(tmp_path, capsys):
     """A later call (the runs' folders gone, their archives kept): archived runs and decodes are left
     out; sft is trained again when a run from it (sdpo) or a decode of it is still to come."""
