@@ -203,6 +203,15 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
     return runs
 
 
+def candidates_finished(args, dataset: str) -> bool:
+    """Whether every --bear-grid candidate has finished at --choose-on-seed on `dataset` (its run under
+    --root, or its archive): then the chosen one can be planned before this call runs anything."""
+    folders = [Path(f) / dataset for f in (getattr(args, "archive", None), args.root) if f]
+    names = [name for name in method_overrides(args.bear_grid) if name.startswith("bear-")]
+    return all(any((f / name / f"seed={args.choose_on_seed}" / "metrics.json").exists() for f in folders)
+               for name in names)
+
+
 def _finished(root: Path, dataset: str, method: str) -> list[Path]:
     return sorted(p.parent for p in (root / dataset / method).glob("seed=*/metrics.json"))
 
@@ -426,10 +435,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {e}", file=sys.stderr)
 
         choosing = args.choose_on_seed is not None and (not args.methods or "bear" in args.methods)
-        chosen_now = choosing and args.choose_on_seed not in args.seeds  # the candidates finished in an earlier call
+        # the datasets whose candidates finished in an earlier call (or that this call does not run) get
+        # their chosen candidate in the first batch, in its seeds' places; the others after that batch
+        ready = [d for d in args.datasets if choosing and (
+            args.choose_on_seed not in args.seeds or candidates_finished(args, d))]
+        later = [d for d in args.datasets if choosing and d not in ready]
         # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases
         # or between seeds; seed by seed (the pruning seed first), so that a cut-off leaves whole seeds
-        first = plan(args, 1) + (chosen_plan(args) if chosen_now else [])
+        first = plan(args, 1) + (chosen_plan(argparse.Namespace(**{**vars(args), "datasets": ready})) if ready else [])
         from_sft = plan(args, 2)
         batch = [(*run, None) for run in first] + [(*run, run[1].parent.parent / "sft" / run[1].name) for run in from_sft]
         batch += decode_plan(args, batch)  # each after the run it decodes
@@ -437,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         # ROOT/dataset/method/seed=N[/eval folder]
         batch.sort(key=lambda run: order.index(int(run[1].relative_to(args.root).parts[2].removeprefix("seed="))))
         run_batch(batch)
-        if choosing and not chosen_now:
-            run_batch([(*run, None) for run in chosen_plan(args)])  # after this call's candidates have finished
+        if later:  # after this call's candidates have finished
+            run_batch([(*run, None) for run in chosen_plan(argparse.Namespace(**{**vars(args), "datasets": later}))])
         run_batch(decode_plan(args))  # the runs of that last batch, and any left undecoded
     report(args)
     if args.archive:

@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py: lambda/xi candidates are compared on the seeds all of them finished."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -395,3 +396,39 @@ def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce
     assert grid[2] == ("| method | seeds | softmax over valid tokens | softmax over the vocabulary | "
                        "valid - vocabulary |")
     assert grid[4:] == ["| sft | 2 | 0.0200 | 0.0300 | -0.0100 |", ""]
+
+
+def test_a_dataset_whose_candidates_finished_earlier_gets_its_chosen_runs_in_seed_order(reproduce, tmp_path,
+                                                                                         monkeypatch):
+    """--choose-on-seed 0 with seed 0 among --seeds: on office both candidates finished at seed 0 in an
+    earlier call (one archived, one under the root), so office's chosen candidate runs in the first batch
+    in its seeds' places; book's candidates are still to run, so its chosen one comes after that batch."""
+    root, arch = tmp_path / "root", tmp_path / "arch"
+    _run(arch / "office", "bear-lam1-xi1", 0, 0.3, 0.01)
+    _run(root / "office", "bear-lam4-xi0.25", 0, 0.2, 0.01)
+    calls = []
+
+    def fake_run_parallel(argvs, outs, jobs, after, logs, **kw):
+        calls.append([str(o.relative_to(root)) for o in outs])
+        for out in outs:  # book's candidates finish: lam 4 / xi 0.25 wins there
+            if out.parent.parent.name == "book" and out.parent.name.startswith("bear-") and out.name == "seed=0":
+                shutil.rmtree(out, ignore_errors=True)
+                _run(out.parent.parent, out.parent.name, 0, 0.5 if "lam4" in out.parent.name else 0.1, 0.01)
+
+    monkeypatch.setattr(reproduce, "run_parallel", fake_run_parallel)
+    monkeypatch.setattr(reproduce, "report", lambda args: None)
+    monkeypatch.setattr(reproduce, "skip_archived", lambda runs, root, archive: runs)
+    assert reproduce.main(["--datasets", "office,book", "--methods", "msl,bear", "--bear-grid", "1:1,4:0.25",
+                           "--choose-on-seed", "0", "--seeds", "0,1", "--root", str(root),
+                           "--archive", str(arch)]) == 0
+    assert calls[:2] == [
+        ["office/msl/seed=0", "office/bear-lam1-xi1/seed=0", "office/bear-lam4-xi0.25/seed=0",
+         "book/msl/seed=0", "book/bear-lam1-xi1/seed=0", "book/bear-lam4-xi0.25/seed=0",
+         "office/msl/seed=1", "book/msl/seed=1", "office/bear-lam1-xi1/seed=1"],
+        ["book/bear-lam4-xi0.25/seed=1"]]
+    # without the archive, office's lam 1 / xi 1 candidate is missing: both datasets wait for this call's candidates
+    calls.clear()
+    assert reproduce.main(["--datasets", "office", "--methods", "bear", "--bear-grid", "1:1,4:0.25",
+                           "--choose-on-seed", "0", "--seeds", "0,1", "--root", str(root)]) == 0
+    assert calls[:2] == [["office/bear-lam1-xi1/seed=0", "office/bear-lam4-xi0.25/seed=0"],
+                         ["office/bear-lam4-xi0.25/seed=1"]]
