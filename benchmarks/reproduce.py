@@ -181,16 +181,22 @@ def _same_test_users(run: Path, argv: list[str] | None = None) -> list[str]:
     return [] if limit is None else ["--limit", str(limit)]
 
 
-def chosen_plan(args) -> list[tuple[list[str], Path]]:
+def _candidates_at_seed(args, dataset: str) -> dict[str, list[Path]]:
+    """The bear-* candidates finished at --choose-on-seed on `dataset`: its run, or where that is gone
+    (not run again), its archive."""
+    folders = ([args.archive] if getattr(args, "archive", None) else []) + [args.root]
+    return {p.parent.name: [p] for folder in folders
+            for p in (Path(folder) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
+            if (p / "metrics.json").exists()}
+
+
+def chosen_plan(args, datasets: list[str] | None = None) -> list[tuple[list[str], Path]]:
     """--choose-on-seed S: the bear candidate with the best validation NDCG@10 at seed S, on the other
-    seeds (bear-* runs of plan(args) are then only for seed S, and run first)."""
+    seeds (bear-* runs of plan(args) are then only for seed S, and run first); `datasets`: those of
+    --datasets to plan (default: all)."""
     runs = []
-    for dataset in args.datasets:
-        # every candidate: its run, or where that is gone (not run again), its archive
-        folders = ([args.archive] if getattr(args, "archive", None) else []) + [args.root]
-        at_seed = {p.parent.name: [p] for folder in folders
-                   for p in (Path(folder) / dataset).glob(f"bear-*/seed={args.choose_on_seed}")
-                   if (p / "metrics.json").exists()}
+    for dataset in args.datasets if datasets is None else datasets:
+        at_seed = _candidates_at_seed(args, dataset)
         if not at_seed:
             print(f"warning: no finished bear candidate on {dataset} seed {args.choose_on_seed}", file=sys.stderr)
             continue
@@ -206,10 +212,8 @@ def chosen_plan(args) -> list[tuple[list[str], Path]]:
 def candidates_finished(args, dataset: str) -> bool:
     """Whether every --bear-grid candidate has finished at --choose-on-seed on `dataset` (its run under
     --root, or its archive): then the chosen one can be planned before this call runs anything."""
-    folders = [Path(f) / dataset for f in (getattr(args, "archive", None), args.root) if f]
-    names = [name for name in method_overrides(args.bear_grid) if name.startswith("bear-")]
-    return all(any((f / name / f"seed={args.choose_on_seed}" / "metrics.json").exists() for f in folders)
-               for name in names)
+    grid = {name for name in method_overrides(args.bear_grid) if name.startswith("bear-")}
+    return grid <= set(_candidates_at_seed(args, dataset))
 
 
 def _finished(root: Path, dataset: str, method: str) -> list[Path]:
@@ -442,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         later = [d for d in args.datasets if choosing and d not in ready]
         # one batch: the runs from sft wait for their seed's sft run only, so no slot idles between phases
         # or between seeds; seed by seed (the pruning seed first), so that a cut-off leaves whole seeds
-        first = plan(args, 1) + (chosen_plan(argparse.Namespace(**{**vars(args), "datasets": ready})) if ready else [])
+        first = plan(args, 1) + (chosen_plan(args, ready) if ready else [])
         from_sft = plan(args, 2)
         batch = [(*run, None) for run in first] + [(*run, run[1].parent.parent / "sft" / run[1].name) for run in from_sft]
         batch += decode_plan(args, batch)  # each after the run it decodes
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         batch.sort(key=lambda run: order.index(int(run[1].relative_to(args.root).parts[2].removeprefix("seed="))))
         run_batch(batch)
         if later:  # after this call's candidates have finished
-            run_batch([(*run, None) for run in chosen_plan(argparse.Namespace(**{**vars(args), "datasets": later}))])
+            run_batch([(*run, None) for run in chosen_plan(args, later)])
         run_batch(decode_plan(args))  # the runs of that last batch, and any left undecoded
     report(args)
     if args.archive:
