@@ -18,9 +18,9 @@ SmolLM2-135M + LoRA configs, plus the method's overrides), `--jobs` at a time in
 run that starts from its seed's sft run waits for that run only; other runs fill the free slots); a
 run that failed or was cut off is left out of the tables and named. The pruning analysis (PR@K,
 violation share) runs for the seed given by --pruning-seed only (on --pruning-users test users,
-default all). Writes ROOT/summary.md, ROOT/summary.json, ROOT/<dataset>/table.{md,csv} and
-ROOT/<dataset>/pruning.png. Each method's row is paired (NDCG@10, bootstrap CI) with msl and with the
-bear candidate chosen on validation.
+default all). Writes ROOT/summary.md, ROOT/summary.json (keeping the sections of datasets not in
+this call), ROOT/<dataset>/table.{md,csv} and ROOT/<dataset>/pruning.png. Each method's row is paired
+(NDCG@10, bootstrap CI) with msl and with the bear candidate chosen on validation.
 """
 
 from __future__ import annotations
@@ -385,9 +385,28 @@ def report(args) -> dict:
                          f"{rate(5)} | {rate(10)} | {'n/a' if share is None else f'{share:.3f}'} |")
         lines += ["", *seeds_table, ""]
         lines += softmax_grid({name: members for name, members in compared.items() if name not in DECODED})
+    summary, lines = _keep_other_datasets(root, args.datasets, summary, lines)
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _keep_other_datasets(root: Path, datasets: list[str], summary: dict, lines: list[str]) -> tuple[dict, list[str]]:
+    """A report over some datasets keeps the root summary's sections of the others (a call with
+    `--datasets office` does not drop MovieLens-1M's); a dataset of this call without finished runs
+    loses its old section. Those sections follow this call's, in their old order."""
+    old = _read_json(root / "summary.json")
+    old_md = (root / "summary.md").read_text().splitlines() if (root / "summary.md").exists() else []
+    if not isinstance(old, dict):
+        return summary, lines
+    kept = [name for name in old if name not in datasets and f"## {name}" in old_md]
+    heads = sorted(i for i, line in enumerate(old_md) if line in {f"## {name}" for name in old})
+    for name in kept:
+        start = old_md.index(f"## {name}")
+        end = next((i for i in heads if i > start), len(old_md))
+        lines += [*old_md[start:end]]
+        summary[name] = old[name]
+    return summary, lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,24 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
     assert not list((tmp_path / "archive").rglob("*.safetensors"))
     reproduce.report(reproduce.argparse.Namespace(**{**vars(ns), "root": str(tmp_path / "archive")}))
     assert (tmp_path / "archive" / "summary.md").read_text() == text.replace(str(root), str(tmp_path / "archive"))
+    # a report over another dataset (nothing finished there) keeps this one's section as it was
+    reproduce.report(reproduce.argparse.Namespace(**{**vars(ns), "datasets": ["other"]}))
+    assert (root / "summary.md").read_text() == text
+    assert list(json.loads((root / "summary.json").read_text())) == ["shop"]
+
+
+def test_a_report_keeps_the_other_datasets_sections_and_drops_a_reported_one_without_runs(reproduce, tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 3}}))
+    (tmp_path / "summary.md").write_text("# Reproduction summary\n\nRoot: `r`\n\n## a\n\nold a\n\n## b\n\nold b\n"
+                                         "| ## b |\n\n## c\n\nold c\n")
+    # this call reports b anew and c (no finished runs: no section); a is kept after b's new section
+    new = ["# Reproduction summary", "", "Root: `r`", "", "## b", "", "new b", ""]
+    summary, lines = reproduce._keep_other_datasets(tmp_path, ["b", "c"], {"b": {"x": 20}}, new)
+    assert summary == {"b": {"x": 20}, "a": {"x": 1}}
+    assert lines == ["# Reproduction summary", "", "Root: `r`", "", "## b", "", "new b", "", "## a", "", "old a", ""]
+    # no earlier summary (or not one of ours): this call's alone
+    (tmp_path / "summary.json").write_text("[]")
+    assert reproduce._keep_other_datasets(tmp_path, ["b"], {"b": 1}, ["x"]) == ({"b": 1}, ["x"])
 
 
 def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path):
