@@ -46,7 +46,12 @@ def load_benchmark(name: str):
     """A script of benchmarks/ imported as a module (they are not a package)."""
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:  # as when the script runs: its siblings importable (reproduce_report)
+        sys.path.insert(0, str(folder))
+    script = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,10 +9,14 @@ import pytest
 from tests.conftest import load_benchmark
 
 
-
 @pytest.fixture(scope="module")
 def reproduce():
     return load_benchmark("reproduce")
+
+
+@pytest.fixture(scope="module")
+def reproduce_report():
+    return load_benchmark("reproduce_report")
 
 
 def _run(root: Path, name: str, seed: int, valid: float, test: float) -> Path:
@@ -100,18 +104,18 @@ def test_report_pairs_every_method_with_msl_and_bear_and_adds_the_d3_row(reprodu
     assert list(json.loads((root / "summary.json").read_text())) == ["shop"]
 
 
-def test_a_report_keeps_the_other_datasets_sections_and_drops_a_reported_one_without_runs(reproduce, tmp_path):
+def test_a_report_keeps_the_other_datasets_sections_and_drops_a_reported_one_without_runs(reproduce_report, tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"a": {"x": 1}, "b": {"x": 2}, "c": {"x": 3}}))
     (tmp_path / "summary.md").write_text("# Reproduction summary\n\nRoot: `r`\n\n## a\n\nold a\n\n## b\n\nold b\n"
                                          "| ## b |\n\n## c\n\nold c\n")
     # this call reports b anew and c (no finished runs: no section); a is kept after b's new section
     new = ["# Reproduction summary", "", "Root: `r`", "", "## b", "", "new b", ""]
-    summary, lines = reproduce._keep_other_datasets(tmp_path, ["b", "c"], {"b": {"x": 20}}, new)
+    summary, lines = reproduce_report._keep_other_datasets(tmp_path, ["b", "c"], {"b": {"x": 20}}, new)
     assert summary == {"b": {"x": 20}, "a": {"x": 1}}
     assert lines == ["# Reproduction summary", "", "Root: `r`", "", "## b", "", "new b", "", "## a", "", "old a", ""]
     # no earlier summary (or not one of ours): this call's alone
     (tmp_path / "summary.json").write_text("[]")
-    assert reproduce._keep_other_datasets(tmp_path, ["b"], {"b": 1}, ["x"]) == ({"b": 1}, ["x"])
+    assert reproduce_report._keep_other_datasets(tmp_path, ["b"], {"b": 1}, ["x"]) == ({"b": 1}, ["x"])
 
 
 def test_an_sft_run_tested_on_a_subset_is_decoded_with_d3_on_the_same_users(reproduce, tmp_path):
@@ -387,7 +391,7 @@ def test_a_batch_of_several_seeds_is_ordered_seed_by_seed_with_each_seeds_runs_f
     assert after == [None, None, outs[0], None, None, outs[3]]
 
 
-def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce, tmp_path):
+def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce_report, tmp_path):
     """A run counts when a *-softmax decode of its test users differs from its eval-test in the
     softmax only (read from their metrics): D3's decode, a decode of other users or with another
     setting, and one with the same softmax do not; both columns average the same seeds."""
@@ -409,8 +413,8 @@ def test_the_loss_by_decoder_grid_averages_each_softmax_over_its_seeds(reproduce
     evaluation(sft[4], "eval-test-vocab-softmax", False, 0.9)  # the softmax eval-test already used
     for run, own in zip(msl, (0.03, 0.05)):
         evaluation(run, "eval-test", True, own)
-    assert reproduce.softmax_grid({"msl": msl}) == []
-    grid = reproduce.softmax_grid({"sft": sft, "msl": msl})
+    assert reproduce_report.softmax_grid({"msl": msl}) == []
+    grid = reproduce_report.softmax_grid({"sft": sft, "msl": msl})
     assert grid[2] == ("| method | seeds | softmax over valid tokens | softmax over the vocabulary | "
                        "valid - vocabulary |")
     assert grid[4:] == ["| sft | 2 | 0.0200 | 0.0300 | -0.0100 |", ""]
