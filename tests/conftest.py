@@ -45,7 +45,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def load_benchmark(name: str):
     """A script of benchmarks/ imported as a module (they are not a package)."""
     import importlib.util
-
     import sys
 
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
