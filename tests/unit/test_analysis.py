@@ -205,7 +205,9 @@ def test_titles_above_a_score_come_back_until_cap_of_them_are_found(setup, const
     full = score_all_titles(model, enc.trie, prompt, constrained)
     depth = {enc.trie.node_of(p): len(p) for p in enc.trie.item_paths.values()}
     stopped_early = shortened = 0
-    for score in sorted(full.values())[1::3]:
+    scores = sorted(full.values())
+    # thresholds halfway between two titles' scores: a threshold equal to a title's score is a float tie
+    for score in [(low + high) / 2 for low, high in zip(scores, scores[1:])][1::3]:
         above = {n for n, v in full.items() if v > score}
         everything = titles_above(model, enc.trie, prompt, score, cap=len(full), constrained_softmax=constrained)
         assert above <= set(everything) < set(full)
